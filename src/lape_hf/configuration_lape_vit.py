@@ -191,6 +191,10 @@ class LapeViTConfig(PreTrainedConfig):
         if isinstance(self.image_size, (list, tuple)):
             self.image_size = [int(s) for s in self.image_size]
         super().__post_init__(**kwargs)
+        # AutoModelForImageClassification picks the plain or distilled classifier by `architectures` and iterates it
+        # (transformers' `_get_model_class`), so `from_config` on a fresh config needs a list, not None.
+        if self.architectures is None:
+            self.architectures = []
         self._validate_lape_arguments()
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -314,9 +318,7 @@ class LapeViTConfig(PreTrainedConfig):
         height, width = self.image_size_2d
         if self.tokenizer_type == "patch":
             if height % self.patch_size or width % self.patch_size:
-                raise ValueError(
-                    f"image_size={self.image_size!r} must be divisible by patch_size={self.patch_size}."
-                )
+                raise ValueError(f"image_size={self.image_size!r} must be divisible by patch_size={self.patch_size}.")
         else:
             positive_int("conv_num_layers")
             positive_int("conv_kernel_size")

@@ -100,7 +100,7 @@ class LapeViTConvTokenizer(nn.Module):
         channels += [config.conv_intermediate_channels] * (config.conv_num_layers - 1)
         channels += [config.hidden_size]
         layers: list[nn.Module] = []
-        for in_channels, out_channels in zip(channels[:-1], channels[1:]):
+        for in_channels, out_channels in zip(channels[:-1], channels[1:], strict=True):
             layers.append(
                 nn.Conv2d(
                     in_channels,
@@ -287,7 +287,9 @@ class LapeViTEmbeddings(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
         embeddings, grid_size = self.tokenizer(pixel_values)
         batch_size = embeddings.shape[0]
-        prefix = [token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None]
+        prefix = [
+            token.expand(batch_size, -1, -1) for token in (self.cls_token, self.distillation_token) if token is not None
+        ]
         if prefix:
             embeddings = torch.cat([*prefix, embeddings], dim=1)
         position_embeddings = self.position_embedding(grid_size)
@@ -319,7 +321,7 @@ def eager_attention_forward(
 
 
 class LapeViTAttention(nn.Module):
-    """Multi-head self-attention with one fused q/k/v projection, dispatched through transformers' attention interface."""
+    """Multi-head self-attention with one fused q/k/v projection, through transformers' attention interface."""
 
     def __init__(self, config: LapeViTConfig):
         super().__init__()
@@ -709,7 +711,9 @@ class LapeViTForImageClassificationWithTeacher(LapeViTPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.lape_vit = LapeViTModel(config)
-        self.cls_classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.cls_classifier = (
+            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.distillation_classifier = (
             nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         )
