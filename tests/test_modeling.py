@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from conftest import randomize_, tiny_config
 
-from lape_hf import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher, LapeViTModel
+from lape_hf import LapeViTConfig, LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher, LapeViTModel
 
 JOIN_AND_PE = [
     (join, pe)
@@ -352,3 +352,28 @@ def test_stochastic_depth_rates_increase_linearly_and_only_act_in_training():
         torch.testing.assert_close(model(pixel_values).logits, model(pixel_values).logits)
         model.train()
         assert not torch.allclose(model(pixel_values).logits, model(pixel_values).logits)
+
+
+@pytest.mark.parametrize("preset", ["vit-lite-7/4", "cvt-7/4", "cct-7/3x1", "cct-2/3x2", "cct-14/7x2", "deit-tiny"])
+def test_preset_tokenizers_and_poolers_make_the_expected_shapes(preset):
+    config = LapeViTConfig.from_preset(preset, num_hidden_layers=1)
+    embeddings = LapeViTModel(config).embeddings.eval()
+    height, width = config.image_size_2d
+    with torch.no_grad():
+        tokens, grid = embeddings.tokenizer(torch.randn(2, 3, height, width))
+        stream, position_embeddings, _ = embeddings(torch.randn(2, 3, height, width))
+    assert grid == config.token_grid_size()
+    assert tokens.shape == (2, grid[0] * grid[1], config.hidden_size)
+    assert stream.shape == (2, config.num_tokens, config.hidden_size)
+    assert position_embeddings.shape == (1, config.num_tokens, config.hidden_size)
+
+
+def test_sequence_pooling_is_a_softmax_weighted_sum_over_tokens():
+    model = random_model(pooler_type="sequence")
+    pooler = model.lape_vit.pooler
+    hidden = torch.randn(3, 16, 32)
+    with torch.no_grad():
+        scores = hidden @ pooler.attention_pool.weight[0] + pooler.attention_pool.bias[0]  # (3, 16)
+        weights = scores.exp() / scores.exp().sum(1, keepdim=True)
+        expected = torch.stack([sum(weights[b, t] * hidden[b, t] for t in range(16)) for b in range(3)])
+        torch.testing.assert_close(pooler(hidden), expected, atol=1e-5, rtol=0)
