@@ -7,6 +7,15 @@ them for remote code so that `save_pretrained` writes the code files and `auto_m
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_lape_vit import PRESETS, LapeViTConfig
+from .conversion import (
+    CheckpointConversionError,
+    convert_cct_state_dict,
+    convert_checkpoint,
+    convert_official_state_dict,
+    convert_timm_state_dict,
+    convert_transformers_model,
+    init_lape_from_add,
+)
 from .modeling_lape_vit import (
     LapeViTForImageClassification,
     LapeViTForImageClassificationWithTeacher,
@@ -28,6 +37,13 @@ LapeViTForImageClassification.register_for_auto_class("AutoModelForImageClassifi
 LapeViTForImageClassificationWithTeacher.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
+    "CheckpointConversionError",
+    "convert_cct_state_dict",
+    "convert_checkpoint",
+    "convert_official_state_dict",
+    "convert_timm_state_dict",
+    "convert_transformers_model",
+    "init_lape_from_add",
     "PRESETS",
     "LapeViTConfig",
     "LapeViTForImageClassification",
