@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""The LaPE paper's experiment in one command: one recipe, each PE join (and PE type), several seeds.
+
+    python scripts/compare_joins.py                                  # add vs lape, seeds 0 1 2, the demo recipe
+    python scripts/compare_joins.py --pe_joins add share unshare lape_shared lape --seeds 0 1 2 3 4
+    python scripts/compare_joins.py --position_embedding_types learnable sinusoidal_1d --parallel_runs 2
+    python scripts/compare_joins.py --recipe train --preset vit-lite-7/4 --dataset_name ORG/cifar10 ...
+
+Every argument of scripts/train.py applies to all runs (after the recipe's, so they win). Each run's model directory
+is kept under --output_root/<pe type>-<join>/seed-<seed>/; an interrupted comparison reuses finished runs.
+Writes --output_root/compare_joins.json and compare_joins.png (--summary_name) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from transformers import HfArgumentParser
+
+from lape_hf.experiments import CompareArguments, compare_joins, format_table, summary_paths
+from lape_hf.training import DEMO_ARGS
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    compare, train_argv = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    recipe = [arg for arg in DEMO_ARGS if not arg.startswith("--classify_examples")] if compare.recipe == "demo" else []
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("lape_hf").setLevel(logging.INFO)
+    summary = compare_joins(compare, [*recipe, *train_argv])
+    print(format_table(summary))
+    print("Wrote {} and {}".format(*summary_paths(compare)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Train or fine-tune a LapeViT image classifier with the Hugging Face Trainer.
+
+    python scripts/train.py --demo                                   # the README's demo (bundled digits)
+    python scripts/train.py --preset vit-lite-7/4 --pe_join lape --output_dir outputs/vit-lite
+    python scripts/train.py --train_dir imgs/train --validation_dir imgs/val --preset deit-tiny
+    python scripts/train.py --model_name_or_path ORG/lape-deit-tiny --dataset_name ORG/data --ignore_mismatched_sizes
+    accelerate launch --num_processes 2 scripts/train.py ...         # data-parallel, any accelerate config
+    python scripts/train.py args.json                                # all arguments from a JSON (or YAML) file
+
+`--help` lists every argument (model, data, augmentation and transformers' TrainingArguments).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from transformers import HfArgumentParser
+from transformers.utils import logging as hf_logging
+
+from lape_hf.training import ARGUMENT_CLASSES, DEMO_ARGS, format_report, run_training
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        parse_file = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        arguments = parse_file(argv[0])
+    else:
+        if "--demo" in argv:
+            argv = DEMO_ARGS + argv  # the demo recipe first: arguments given on the command line win
+        arguments = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, augmentation_args, training_args, run_args = arguments
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("lape_hf").setLevel(logging.INFO)
+    hf_logging.set_verbosity_warning()
+    results = run_training(model_args, data_args, augmentation_args, training_args, run_args)
+    if training_args.process_index == 0:
+        print(format_report(results))
+        print(f"Saved to {training_args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

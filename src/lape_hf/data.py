@@ -1,0 +1,369 @@
+"""Image-classification data for training LapeViT: the bundled digits, image folders and Hub datasets.
+
+Every source ends as the same two `datasets.Dataset` splits with a `pixel_values` column (uint8 RGB images at the
+model's resolution, `(3, height, width)`) and a `labels` column (`ClassLabel`). Images are decoded, converted to
+RGB and resized once, by the model's own image processor (so training sees the geometry and colour conversion that
+`pipeline()` applies at inference); per-sample augmentation then works on small uint8 tensors and stays cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from transformers import BaseImageProcessor
+
+logger = logging.getLogger(__name__)
+
+DIGITS_DATASET_NAME = "sklearn-digits"
+DIGITS_TEST_SIZE = 360  # 20% of the 1797 images, stratified by class
+DIGITS_SPLIT_SEED = 0  # fixed: the split is part of the benchmark, not of a training run
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values")
+LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class")
+
+
+@dataclass
+class ImageClassificationSplits:
+    """The prepared train and eval splits and where they came from (written to `results.json`)."""
+
+    train: Dataset
+    eval: Dataset
+    label_names: list[str]
+    dataset_name: str
+    train_split: str
+    eval_split: str
+    raw_eval: Dataset  # the eval images as loaded (columns "image", "label"): what a user would classify
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def load_digits_dataset() -> DatasetDict:
+    """scikit-learn's 8x8 handwritten digits (1797 images, classes 0-9) with a fixed, stratified train/test split.
+
+    The images ship inside the scikit-learn wheel, so this works offline. Pixel values 0..16 become grayscale
+    0..255 ("L" mode PIL images); the image processor converts them to RGB like any other grayscale image.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(digit) for digit in range(10)])})
+    dataset = Dataset.from_dict(
+        {"image": [PIL.Image.fromarray(image, mode="L") for image in pixels], "label": digits.target.tolist()},
+        features=features,
+    )
+    return dataset.train_test_split(test_size=DIGITS_TEST_SIZE, stratify_by_column="label", seed=DIGITS_SPLIT_SEED)
+
+
+def load_raw_splits(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_dir: str | None = None,
+    validation_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> tuple[DatasetDict, str]:
+    """The raw dataset (images still encoded) and its name: the digits by default, an image folder or a Hub id."""
+    if dataset_name is not None and (train_dir is not None or validation_dir is not None):
+        raise ValueError(
+            f"Pass either dataset_name ({dataset_name!r}) or train_dir/validation_dir ({train_dir!r}, "
+            f"{validation_dir!r}), not both."
+        )
+    if train_dir is not None or validation_dir is not None:
+        if train_dir is None:
+            raise ValueError(f"validation_dir={validation_dir!r} needs a train_dir too.")
+        data_files = {}
+        for split, directory in (("train", train_dir), ("validation", validation_dir)):
+            if directory is None:
+                continue
+            if not os.path.isdir(directory):
+                raise ValueError(f"{split} directory {directory!r} does not exist or is not a directory.")
+            data_files[split] = os.path.join(directory, "**")
+        return load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir), "imagefolder"
+    if dataset_name is None or dataset_name == DIGITS_DATASET_NAME:
+        return load_digits_dataset(), DIGITS_DATASET_NAME
+    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir), dataset_name
+
+
+def _pick_column(dataset: Dataset, requested: str | None, candidates: Sequence[str], role: str) -> str:
+    if requested is not None:
+        if requested not in dataset.column_names:
+            raise ValueError(
+                f"{role} column {requested!r} is not in the dataset; its columns are {dataset.column_names}."
+            )
+        return requested
+    for name in candidates:
+        if name in dataset.column_names:
+            return name
+    raise ValueError(
+        f"Cannot find the {role} column among {dataset.column_names} (tried {list(candidates)}); "
+        f"name it with --{role}_column_name."
+    )
+
+
+def _open_image(value: object) -> PIL.Image.Image:
+    """Decode one undecoded `Image` cell ({"bytes", "path"}) or pass a PIL image through, forcing a full decode."""
+    if isinstance(value, PIL.Image.Image):
+        image = value
+    elif isinstance(value, dict) and value.get("bytes") is not None:
+        image = PIL.Image.open(io.BytesIO(value["bytes"]))
+    elif isinstance(value, dict) and value.get("path"):
+        image = PIL.Image.open(value["path"])
+    else:
+        raise ValueError(f"not an image: a {type(value).__name__} without bytes or a path")
+    image.load()  # PIL opens lazily: truncated or corrupt pixel data only fails here
+    return image
+
+
+def open_images(split: Dataset, image_column: str = "image") -> list[PIL.Image.Image | None]:
+    """The split's images decoded, `None` where an image does not decode (reported in a warning by path)."""
+    if isinstance(split.features[image_column], Image):
+        split = split.cast_column(image_column, Image(decode=False))
+    images: list[PIL.Image.Image | None] = []
+    for row, value in enumerate(split[image_column]):
+        try:
+            images.append(_open_image(value))
+        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+            logger.warning("Cannot decode image %s: %s", _describe(value, row), error)
+            images.append(None)
+    return images
+
+
+def _describe(value: object, row: int) -> str:
+    path = value.get("path") if isinstance(value, dict) else None
+    return f"{path!r} (row {row})" if path else f"row {row}"
+
+
+def _decode_and_resize(
+    batch: dict[str, list],
+    indices: list[int],
+    image_column: str,
+    label_column: str,
+    image_processor: BaseImageProcessor,
+    height: int,
+    width: int,
+) -> dict[str, list]:
+    """One batched `map` step: decode, convert and resize each image; record failures instead of raising."""
+    images, errors = [], []
+    for value, row in zip(batch[image_column], indices, strict=True):
+        try:
+            images.append(_open_image(value))
+            errors.append("")
+        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+            images.append(PIL.Image.new("RGB", (width, height)))
+            errors.append(f"{_describe(value, row)}: {type(error).__name__}: {error}")
+    # The processor's own resize and RGB conversion (transparency composited on white), without rescale/normalize:
+    # the uint8 result is exactly what it would normalize at inference.
+    pixels = image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+    if pixels.dtype != torch.uint8:
+        pixels = pixels.round().clamp(0, 255).to(torch.uint8)
+    return {"pixel_values": pixels.numpy(), "labels": batch[label_column], "decode_error": errors}
+
+
+def prepare_split(
+    dataset: Dataset,
+    image_processor: BaseImageProcessor,
+    split_name: str,
+    image_column: str,
+    label_column: str,
+    label_feature: ClassLabel,
+    skip_corrupt_images: bool = False,
+    num_proc: int | None = None,
+) -> Dataset:
+    """Decode, RGB-convert and resize a split once; check its labels; drop or report images that do not decode.
+
+    Returns a dataset with exactly `pixel_values` (`Array3D` uint8, `(3, height, width)`) and `labels`
+    (`label_feature`); read it with `with_format("numpy", dtype=np.uint8)` to keep the uint8 type.
+    """
+    height, width = image_processor.size["height"], image_processor.size["width"]
+    check_labels(dataset[label_column], label_feature, split_name)
+    if isinstance(dataset.features[image_column], Image):
+        dataset = dataset.cast_column(image_column, Image(decode=False))
+    features = Features(
+        {
+            "pixel_values": Array3D(shape=(3, height, width), dtype="uint8"),
+            "labels": label_feature,
+            "decode_error": Value("string"),
+        }
+    )
+    prepared = dataset.map(
+        _decode_and_resize,
+        batched=True,
+        batch_size=256,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        features=features,
+        num_proc=num_proc,
+        fn_kwargs=dict(
+            image_column=image_column,
+            label_column=label_column,
+            image_processor=image_processor,
+            height=height,
+            width=width,
+        ),
+        desc=f"Decoding and resizing {split_name} images to {height}x{width}",
+    )
+    errors = [error for error in prepared["decode_error"] if error]
+    if errors:
+        listing = "\n  ".join(errors[:20]) + ("\n  ..." if len(errors) > 20 else "")
+        if not skip_corrupt_images:
+            raise ValueError(
+                f"{len(errors)} image(s) in split {split_name!r} cannot be decoded:\n  {listing}\n"
+                "Fix or remove them, or pass --skip_corrupt_images to train without them."
+            )
+        logger.warning(
+            "Skipping %d image(s) of split %r that cannot be decoded:\n  %s", len(errors), split_name, listing
+        )
+        prepared = prepared.filter(lambda error: not error, input_columns="decode_error")
+    return prepared.remove_columns("decode_error")
+
+
+def check_labels(labels: Sequence[int], label_feature: ClassLabel, split_name: str) -> None:
+    """Fail early, naming the rows and values, when a label is outside the label set (e.g. -1 for "unlabelled")."""
+    values = np.asarray(labels, dtype=np.int64)
+    bad_rows = np.flatnonzero((values < 0) | (values >= label_feature.num_classes))
+    if bad_rows.size:
+        shown = ", ".join(f"row {row}: {values[row]}" for row in bad_rows[:10])
+        allowed = f"0..{label_feature.num_classes - 1} ({label_feature.names})"
+        raise ValueError(
+            f"Split {split_name!r} has {bad_rows.size} label(s) outside the label set {allowed}: "
+            f"{shown}{', ...' if bad_rows.size > 10 else ''}."
+        )
+
+
+def _as_class_labels(train: Dataset, evaluation: Dataset, label_column: str) -> tuple[Dataset, Dataset, ClassLabel]:
+    """Both splits with a `ClassLabel` label column; plain int/str labels get the sorted train label set."""
+    feature = train.features[label_column]
+    if isinstance(feature, ClassLabel):
+        eval_feature = evaluation.features[label_column]
+        if not isinstance(eval_feature, ClassLabel) or eval_feature.names != feature.names:
+            raise ValueError(
+                f"The eval split's labels {getattr(eval_feature, 'names', eval_feature)} differ from the train "
+                f"split's {feature.names}."
+            )
+        return train, evaluation, feature
+    names = sorted({str(value) for value in train[label_column]})
+    class_label = ClassLabel(names=names)
+    unknown = sorted({str(value) for value in evaluation[label_column]} - set(names))
+    if unknown:
+        raise ValueError(
+            f"The eval split has labels that are not in the train split's label set {names}: {unknown[:10]}."
+        )
+
+    def to_ids(batch: dict[str, list]) -> dict[str, list]:
+        return {label_column: [class_label.str2int(str(value)) for value in batch[label_column]]}
+
+    casted = []
+    for split in (train, evaluation):
+        features = split.features.copy()
+        features[label_column] = class_label
+        casted.append(split.map(to_ids, batched=True, features=features, desc="Mapping labels to class ids"))
+    return casted[0], casted[1], class_label
+
+
+def resolve_splits(
+    raw: DatasetDict,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    train_val_split: float = 0.15,
+    seed: int = 0,
+) -> tuple[Dataset, Dataset, str, str]:
+    """The train and eval splits; without an eval split, a stratified `train_val_split` fraction of train."""
+    if train_split not in raw:
+        raise ValueError(f"train_split={train_split!r} is not in the dataset; its splits are {list(raw)}.")
+    if eval_split is None:
+        eval_split = next((name for name in ("validation", "test", "valid", "val") if name in raw), None)
+    if eval_split is not None:
+        if eval_split not in raw:
+            raise ValueError(f"eval_split={eval_split!r} is not in the dataset; its splits are {list(raw)}.")
+        return raw[train_split], raw[eval_split], train_split, eval_split
+    if not 0.0 < train_val_split < 1.0:
+        raise ValueError(f"train_val_split={train_val_split!r} must be in (0, 1) when the dataset has no eval split.")
+    label_column = next((name for name in LABEL_COLUMN_CANDIDATES if name in raw[train_split].column_names), None)
+    stratify = (
+        label_column if label_column and isinstance(raw[train_split].features[label_column], ClassLabel) else None
+    )
+    split = raw[train_split].train_test_split(test_size=train_val_split, stratify_by_column=stratify, seed=seed)
+    held_out = f"{train_split}[held-out {train_val_split:g}]"
+    return split["train"], split["test"], f"{train_split}[rest]", held_out
+
+
+def _standard_columns(split: Dataset, image_column: str, label_column: str) -> Dataset:
+    split = split.select_columns([image_column, label_column])
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+    return split.rename_columns(renames) if renames else split
+
+
+def label_names_of(raw: DatasetDict, train_split: str = "train", label_column_name: str | None = None) -> list[str]:
+    """The label names training will use, read without decoding any image (the model is built before the data)."""
+    if train_split not in raw:
+        raise ValueError(f"train_split={train_split!r} is not in the dataset; its splits are {list(raw)}.")
+    train = raw[train_split]
+    column = _pick_column(train, label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    feature = train.features[column]
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    return sorted({str(value) for value in train[column]})
+
+
+def prepare_splits(
+    raw: DatasetDict,
+    dataset_name: str,
+    image_processor: BaseImageProcessor,
+    train_split: str = "train",
+    eval_split: str | None = None,
+    train_val_split: float = 0.15,
+    image_column_name: str | None = None,
+    label_column_name: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    skip_corrupt_images: bool = False,
+    preprocessing_num_workers: int | None = None,
+    seed: int = 0,
+) -> ImageClassificationSplits:
+    """Pick the train/eval splits of `raw` and prepare both for `image_processor`'s resolution (see module doc)."""
+    train, evaluation, train_split_name, eval_split_name = resolve_splits(
+        raw, train_split, eval_split, train_val_split, seed
+    )
+    image_column = _pick_column(train, image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
+    label_column = _pick_column(train, label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    missing = [column for column in (image_column, label_column) if column not in evaluation.column_names]
+    if missing:
+        raise ValueError(
+            f"Split {eval_split_name!r} has no column(s) {missing}; its columns are {evaluation.column_names}."
+        )
+    if max_train_samples is not None:
+        train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
+    if max_eval_samples is not None:
+        evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
+    train, evaluation, label_feature = _as_class_labels(train, evaluation, label_column)
+    prepared = [
+        prepare_split(
+            split,
+            image_processor,
+            split_name,
+            image_column,
+            label_column,
+            label_feature,
+            skip_corrupt_images=skip_corrupt_images,
+            num_proc=preprocessing_num_workers,
+        )
+        for split, split_name in ((train, train_split_name), (evaluation, eval_split_name))
+    ]
+    return ImageClassificationSplits(
+        train=prepared[0],
+        eval=prepared[1],
+        label_names=list(label_feature.names),
+        dataset_name=dataset_name,
+        train_split=train_split_name,
+        eval_split=eval_split_name,
+        raw_eval=_standard_columns(evaluation, image_column, label_column),
+    )

@@ -1,0 +1,507 @@
+"""Training through the HF Trainer: short real runs (image folder, bundled digits), the saved model and results.json,
+exact resume, fine-tuning on a new label set, the DeiT optimizer groups, the loss, the metric module and the
+reproducible augmentation; the two-process accelerate run and the README demo are marked slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_config
+from datasets import Array3D, ClassLabel, Dataset, Features
+from safetensors.torch import load_file
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+
+from lape_hf import LapeViTForImageClassification
+from lape_hf.image_processing import build_image_processor
+from lape_hf.training import (
+    ARGUMENT_CLASSES,
+    DEMO_ARGS,
+    METRIC_PATH,
+    LapeTrainer,
+    LapeTrainingArguments,
+    ModelArguments,
+    _resolve_checkpoint,
+    classification_loss,
+    classify_images,
+    load_accuracy_metric,
+    parse_config_overrides,
+    run_training,
+)
+from lape_hf.transforms import (
+    AugmentationArguments,
+    EpochCallback,
+    ImageClassificationCollator,
+    ImageClassificationDataset,
+    build_train_transform,
+    normalize_transform,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL = [
+    "--preset=vit-lite-7/4",
+    "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
+    "intermediate_size=64",
+]
+QUIET_AND_FAST = [
+    "--torch_num_threads=1",
+    "--dataloader_num_workers=0",
+    "--disable_tqdm=true",
+    "--eval_strategy=no",
+    "--save_strategy=no",
+]
+RESULT_KEYS = {
+    "model_type",
+    "preset",
+    "pe_join",
+    "position_embedding_type",
+    "dataset",
+    "metrics",
+    "training",
+    "config",
+    "versions",
+    "wall_time_seconds",
+}
+TRAINING_KEYS = {
+    "epochs",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "weight_decay",
+    "label_smoothing",
+    "lr_scheduler_type",
+    "seed",
+    "mixup",
+    "cutmix",
+    "rand_augment",
+    "random_erasing",
+    "num_processes",
+}
+
+
+def parse(*args: str):
+    return HfArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=list(args))
+
+
+def train(*args: str, model: list[str] = TINY_MODEL) -> dict:
+    """A run as `scripts/train.py` makes it, in this process (torch's thread count restored afterwards)."""
+    threads = torch.get_num_threads()
+    try:
+        return run_training(*parse(*model, *QUIET_AND_FAST, *args))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pattern_image(kind: str, seed: int, size: int = 16) -> PIL.Image.Image:
+    """Noisy stripes (horizontal, vertical) or a checkerboard, at a random phase: learnable, not trivially."""
+    rng = np.random.default_rng(seed)
+    rows, columns = np.mgrid[:size, :size] + rng.integers(0, 4, size=2)[:, None, None]
+    pattern = {"horizontal": rows // 2 % 2, "vertical": columns // 2 % 2, "checker": (rows // 2 + columns // 2) % 2}
+    pixels = np.clip(0.1 + 0.8 * pattern[kind] + rng.normal(0, 0.15, (size, size)), 0, 1)
+    return PIL.Image.fromarray((pixels * 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def pattern_folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("patterns")
+    for split, count, offset in (("train", 24, 0), ("val", 12, 1000)):
+        for kind in ("checker", "horizontal", "vertical"):
+            (root / split / kind).mkdir(parents=True)
+            for index in range(count):
+                pattern_image(kind, offset + index).save(root / split / kind / f"{index}.png")
+    return root / "train", root / "val"
+
+
+@pytest.fixture(scope="module")
+def folder_run(pattern_folders, tmp_path_factory) -> tuple[dict, Path]:
+    train_dir, val_dir = pattern_folders
+    output_dir = tmp_path_factory.mktemp("folder_run") / "model"
+    results = train(
+        f"--train_dir={train_dir}",
+        f"--validation_dir={val_dir}",
+        f"--output_dir={output_dir}",
+        "--num_train_epochs=12",
+        "--per_device_train_batch_size=8",
+        "--learning_rate=2e-3",
+        "--crop_scale_min=0.8",
+        "--rand_augment=false",
+        "--mixup=0",
+        "--cutmix=0",
+        "--random_erasing=0",
+    )
+    return results, output_dir
+
+
+def accuracy_of_saved_model(model_dir: Path, images: list, labels: list[int]) -> float:
+    """Independent of the Trainer: load the saved model and processor as a user would and count hits."""
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    with torch.no_grad():
+        logits = model(**processor(images, return_tensors="pt")).logits
+    return float((logits.argmax(-1) == torch.tensor(labels)).float().mean())
+
+
+def test_a_short_run_on_an_image_folder_learns_and_saves_a_loadable_model(folder_run, pattern_folders):
+    results, output_dir = folder_run
+    assert results["metrics"]["eval_accuracy"] >= 0.6  # chance is 1/3
+    saved = {path.name for path in output_dir.iterdir()}
+    expected_files = {"model.safetensors", "config.json", "preprocessor_config.json", "results.json"}
+    assert expected_files | {"modeling_lape_vit.py", "configuration_lape_vit.py"} <= saved
+    assert "pytorch_model.bin" not in saved  # the weights are safetensors only
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageClassification"].endswith("LapeViTForImageClassification")
+    assert config["id2label"] == {"0": "checker", "1": "horizontal", "2": "vertical"}
+
+    _, val_dir = pattern_folders
+    paths = sorted(val_dir.rglob("*.png"))
+    labels = [["checker", "horizontal", "vertical"].index(path.parent.name) for path in paths]
+    images = [PIL.Image.open(path) for path in paths]
+    assert accuracy_of_saved_model(output_dir, images, labels) == pytest.approx(results["metrics"]["eval_accuracy"])
+
+
+def test_results_json_follows_the_contract(folder_run):
+    results, output_dir = folder_run
+    on_disk = json.loads((output_dir / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert RESULT_KEYS <= set(on_disk)
+    assert (on_disk["model_type"], on_disk["preset"], on_disk["pe_join"]) == ("lape_vit", "vit-lite-7/4", "lape")
+    assert on_disk["position_embedding_type"] == "learnable"
+    assert on_disk["dataset"] == {
+        "name": "imagefolder",
+        "train_split": "train",
+        "eval_split": "validation",
+        "num_train": 72,
+        "num_eval": 36,
+        "num_labels": 3,
+    }
+    assert {"eval_accuracy", "eval_top5_accuracy", "eval_loss"} <= set(on_disk["metrics"])
+    assert 0 <= on_disk["metrics"]["eval_accuracy"] <= on_disk["metrics"]["eval_top5_accuracy"] == 1.0  # 3 classes
+    training = on_disk["training"]
+    assert TRAINING_KEYS <= set(training) and ("warmup_ratio" in training or "warmup_steps" in training)
+    assert (training["epochs"], training["per_device_train_batch_size"], training["num_processes"]) == (12.0, 8, 1)
+    assert (training["mixup"], training["cutmix"], training["rand_augment"]) == (0.0, 0.0, False)
+    assert on_disk["config"]["hidden_size"] == 32 and on_disk["config"]["image_size"] == 16
+    assert {"lape_hf", "transformers", "torch", "torchvision", "datasets", "accelerate"} == set(on_disk["versions"])
+    assert on_disk["wall_time_seconds"] > 0
+
+
+def test_pipeline_classifies_raw_images_with_the_saved_model(folder_run, pattern_folders):
+    _, output_dir = folder_run
+    _, val_dir = pattern_folders
+    paths = sorted(val_dir.rglob("*.png"))[::6]
+    images = [PIL.Image.open(path) for path in paths]
+    predictions = classify_images(output_dir, images)
+    model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    with torch.no_grad():
+        probabilities = model(**processor(images, return_tensors="pt")).logits.softmax(-1)
+    assert [prediction["label"] for prediction in predictions] == [
+        model.config.id2label[int(index)] for index in probabilities.argmax(-1)
+    ]
+    assert [prediction["score"] for prediction in predictions] == pytest.approx(
+        probabilities.max(-1).values.tolist(), abs=1e-5
+    )
+
+
+def test_a_short_run_on_the_bundled_digits_beats_chance(tmp_path):
+    # One wide layer learns the digits fastest in a couple of epochs (narrow ViTs start slowly).
+    one_wide_layer = "image_size=16,patch_size=4,hidden_size=128,num_hidden_layers=1,num_attention_heads=4,"
+    results = train(
+        f"--output_dir={tmp_path / 'digits'}",
+        "--num_train_epochs=2",
+        "--per_device_train_batch_size=64",
+        "--learning_rate=1e-3",
+        "--random_resized_crop=false",
+        "--rand_augment=false",
+        "--mixup=0",
+        "--cutmix=0",
+        "--random_erasing=0",
+        model=["--preset=vit-lite-7/4", f"--config_overrides={one_wide_layer}intermediate_size=128"],
+    )
+    assert results["dataset"]["name"] == "sklearn-digits" and results["dataset"]["num_eval"] == 360
+    assert results["metrics"]["eval_accuracy"] > 0.5  # chance is 0.1
+    assert load_file(tmp_path / "digits" / "model.safetensors")  # a readable safetensors file
+    assert 0.0 <= results["timing"]["data_wait_fraction"] < 1.0
+
+
+def test_fine_tuning_a_checkpoint_on_a_new_label_set(folder_run, tmp_path):
+    _, checkpoint = folder_run
+    new_labels = tmp_path / "two_classes"
+    for kind in ("horizontal", "vertical"):
+        (new_labels / kind).mkdir(parents=True)
+        for index in range(4):
+            pattern_image(kind, 500 + index).save(new_labels / kind / f"{index}.png")
+    common = [f"--train_dir={new_labels}", "--train_val_split=0.5"]
+    from_checkpoint = [f"--model_name_or_path={checkpoint}"]
+    with pytest.raises(ValueError, match="classifies 3 labels .* the dataset has 2 .* --ignore_mismatched_sizes"):
+        train(*common, f"--output_dir={tmp_path / 'refused'}", "--max_steps=1", model=from_checkpoint)
+    results = train(
+        *common,
+        "--ignore_mismatched_sizes",
+        f"--output_dir={tmp_path / 'tuned'}",
+        "--max_steps=2",
+        model=from_checkpoint,
+    )
+    assert results["preset"] is None and results["dataset"]["num_labels"] == 2
+    tuned = load_file(tmp_path / "tuned" / "model.safetensors")
+    original = load_file(checkpoint / "model.safetensors")
+    assert tuned["classifier.weight"].shape == (2, 32)
+    # The encoder starts from the checkpoint: two small steps move it only slightly.
+    name = "lape_vit.embeddings.position_embedding.position_embeddings"
+    assert (tuned[name] - original[name]).abs().max() < 0.05
+
+
+def test_resuming_mid_epoch_gives_the_uninterrupted_run(pattern_folders, tmp_path):
+    """Stop after 3 of 8 steps (5 steps per epoch), resume from that checkpoint with another number of dataloader
+    workers: same weights and metrics, with every random augmentation, dropout and drop-path switched on."""
+    train_dir, val_dir = pattern_folders
+    recipe = [
+        f"--train_dir={train_dir}",
+        f"--validation_dir={val_dir}",
+        "--max_train_samples=40",
+        "--per_device_train_batch_size=8",
+        "--max_steps=8",
+        "--save_strategy=steps",
+        "--save_steps=3",
+        "--save_total_limit=5",
+        "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
+        "intermediate_size=64,drop_path_rate=0.2,attention_probs_dropout_prob=0.1,hidden_dropout_prob=0.1",
+    ]
+    uninterrupted = train(*recipe, f"--output_dir={tmp_path / 'uninterrupted'}")
+    resumed = train(
+        *recipe,
+        f"--output_dir={tmp_path / 'resumed'}",
+        f"--resume_from_checkpoint={tmp_path / 'uninterrupted' / 'checkpoint-3'}",
+        "--dataloader_num_workers=1",
+        "--dataloader_persistent_workers=true",
+    )
+    expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    start = load_file(tmp_path / "uninterrupted" / "checkpoint-3" / "model.safetensors")
+    assert any(not torch.equal(start[name], expected[name]) for name in expected)  # steps 4-8 did train
+    for key in ("eval_loss", "eval_accuracy", "eval_top5_accuracy"):
+        assert resumed["metrics"][key] == pytest.approx(uninterrupted["metrics"][key], abs=1e-6)
+
+
+def test_weight_decay_spares_position_embeddings_tokens_norms_and_biases(tmp_path):
+    model = LapeViTForImageClassification(
+        tiny_config(use_distillation_token=False, relative_position_bias="lape", drop_path_rate=0.0)
+    )
+    args = LapeTrainingArguments(output_dir=str(tmp_path), weight_decay=0.05, eval_strategy="no")
+    optimizer = LapeTrainer(model=model, args=args).create_optimizer()
+    name_of = {id(parameter): name for name, parameter in model.named_parameters()}
+    names = set(name_of.values())
+    groups = {group["weight_decay"]: {name_of[id(p)] for p in group["params"]} for group in optimizer.param_groups}
+    decayed, spared = groups[0.05], groups[0.0]
+    assert decayed | spared == names and not decayed & spared
+    assert "lape_vit.embeddings.position_embedding.position_embeddings" in spared
+    assert "lape_vit.embeddings.cls_token" in spared
+    assert "lape_vit.encoder.layers.0.attention.relative_position_bias.table" in spared
+    assert all(name in spared for name in names if "layernorm" in name or name.endswith(".bias"))
+    assert decayed == {name for name, p in model.named_parameters() if p.ndim > 1} - {
+        "lape_vit.embeddings.position_embedding.position_embeddings",
+        "lape_vit.embeddings.cls_token",
+        *[name for name in names if name.endswith("relative_position_bias.table")],
+    }
+    assert "classifier.weight" in decayed and "lape_vit.encoder.layers.1.attention.qkv.weight" in decayed
+
+
+def test_the_loss_takes_class_indices_and_mixed_soft_targets_with_label_smoothing():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    outputs = type("Outputs", (), {"logits": logits})()
+    log_probabilities = logits.log_softmax(-1)
+    hard = torch.tensor([0, 2])
+    smoothed = torch.full((2, 3), 0.1 / 3) + 0.9 * F.one_hot(hard, 3)
+    expected_hard = -(smoothed * log_probabilities).sum(-1).mean()
+    torch.testing.assert_close(classification_loss(outputs, hard, 0.1), expected_hard)
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.4, 0.6]])
+    expected_soft = -((0.9 * soft + 0.1 / 3) * log_probabilities).sum(-1).mean()
+    torch.testing.assert_close(classification_loss(outputs, soft, 0.1), expected_soft)
+    teacher = type("Outputs", (), {"logits": logits, "cls_logits": logits, "distillation_logits": logits.flip(-1)})()
+    expected_pair = (F.cross_entropy(logits, hard) + F.cross_entropy(logits.flip(-1), hard)) / 2
+    torch.testing.assert_close(classification_loss(teacher, hard, 0.0), expected_pair)
+
+
+def test_the_shipped_metric_module_loads_offline_and_counts_top_k(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    metric = load_accuracy_metric()
+    scores = np.random.default_rng(0).normal(size=(50, 7))
+    scores[0] = 0.0  # a full tie: the lowest class index wins, as with argmax
+    references = np.random.default_rng(1).integers(0, 7, 50)
+    result = metric.compute(predictions=scores, references=references, k=5)
+    top5 = [set(np.argsort(-row, kind="stable")[:5]) for row in scores]
+    assert result["accuracy"] == pytest.approx(np.mean(scores.argmax(-1) == references))
+    hits = [reference in best for reference, best in zip(references, top5, strict=True)]
+    assert result["top5_accuracy"] == pytest.approx(np.mean(hits))
+    assert evaluate.load(str(METRIC_PATH)).compute(predictions=[[0.0, 1.0]], references=[1], k=5) == {
+        "accuracy": 1.0,
+        "top5_accuracy": 1.0,  # k is capped at the number of classes
+    }
+
+
+def prepared_toy_split(count: int = 6, size: int = 16) -> Dataset:
+    pixels = np.random.default_rng(0).integers(0, 256, (count, 3, size, size), dtype=np.uint8)
+    features = Features(
+        {"pixel_values": Array3D((3, size, size), "uint8"), "labels": ClassLabel(names=["a", "b", "c"])}
+    )
+    return Dataset.from_dict({"pixel_values": pixels, "labels": [index % 3 for index in range(count)]}, features)
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_batch_and_leaves_the_global_rng_alone():
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    augmentation = AugmentationArguments(random_erasing=0.5)
+    transform = build_train_transform(augmentation, processor, horizontal_flip=True)
+    collator = ImageClassificationCollator(processor, num_labels=3, mixup=0.8, cutmix=1.0, random_erasing=0.5)
+
+    def batch(dataset: ImageClassificationDataset, indices: list[int]) -> dict[str, torch.Tensor]:
+        return collator(dataset.__getitems__(indices))
+
+    dataset = ImageClassificationDataset(prepared_toy_split(), transform, seed=7)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = batch(dataset, [4, 1, 2])
+    assert torch.equal(torch.random.get_rng_state(), before)
+    again = batch(ImageClassificationDataset(prepared_toy_split(), transform, seed=7), [4, 1, 2])
+    assert all(torch.equal(first[key], again[key]) for key in ("pixel_values", "labels"))
+    callback = EpochCallback(dataset)
+    callback.on_epoch_begin(None, type("State", (), {"epoch": 1.6})(), None)  # resumed mid-way through epoch 1
+    assert dataset.epoch == 1
+    other_epoch = batch(dataset, [4, 1, 2])
+    assert not torch.equal(first["pixel_values"], other_epoch["pixel_values"])
+    other_seed = batch(ImageClassificationDataset(prepared_toy_split(), transform, seed=8), [4, 1, 2])
+    assert not torch.equal(first["pixel_values"], other_seed["pixel_values"])
+    assert [example["labels"] for example in dataset.__getitems__([4, 1, 2])] == [1, 1, 2]
+    # A split too large to hold in memory is read from Arrow per batch, with the same result.
+    from_arrow = ImageClassificationDataset(prepared_toy_split(), transform, seed=7, max_in_memory_bytes=0)
+    assert from_arrow._pixels is None
+    assert torch.equal(batch(from_arrow, [4, 1, 2])["pixel_values"], first["pixel_values"])
+
+
+def test_eval_batches_are_the_processor_output_and_only_training_batches_are_augmented():
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    split = prepared_toy_split()
+    raw = torch.as_tensor(np.asarray(split.with_format("numpy", dtype=np.uint8)["pixel_values"][:4]))
+    collator = ImageClassificationCollator(processor, num_labels=3, mixup=0.8, cutmix=1.0, random_erasing=1.0)
+
+    eval_batch = collator(ImageClassificationDataset(split).__getitems__([0, 1, 2]))
+    expected = processor([image.permute(1, 2, 0).numpy() for image in raw[:3]], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(eval_batch["pixel_values"], expected, atol=1e-6, rtol=0)
+    assert eval_batch["labels"].tolist() == [0, 1, 2]
+
+    no_per_image_transform = build_train_transform(
+        AugmentationArguments(random_resized_crop=False, rand_augment=False), processor, horizontal_flip=False
+    )
+    assert no_per_image_transform is None
+    train_examples = ImageClassificationDataset(split, no_per_image_transform, seed=0).__getitems__([0, 1, 2, 3])
+    train_batch = collator(train_examples)  # erased and mixed
+    assert train_batch["labels"].shape == (4, 3) and train_batch["labels"].dtype == torch.float32
+    torch.testing.assert_close(train_batch["labels"].sum(-1), torch.ones(4))
+    assert not torch.allclose(train_batch["pixel_values"], normalize_transform(processor)(raw))
+    unaugmented = ImageClassificationCollator(processor, num_labels=3)(train_examples)
+    assert unaugmented["labels"].tolist() == [0, 1, 2, 0]
+    torch.testing.assert_close(unaugmented["pixel_values"], normalize_transform(processor)(raw), atol=0, rtol=0)
+
+
+def test_bad_arguments_fail_early_with_what_is_allowed():
+    assert parse_config_overrides("image_size=16,qkv_bias=false,hidden_act=gelu,drop_path_rate=0.1") == {
+        "image_size": 16,
+        "qkv_bias": False,
+        "hidden_act": "gelu",
+        "drop_path_rate": 0.1,
+    }
+    with pytest.raises(ValueError, match="'hiden_size' is not a LapeViTConfig field"):
+        parse_config_overrides("hiden_size=3")
+    with pytest.raises(ValueError, match="not of the form name=value"):
+        parse_config_overrides("image_size")
+    with pytest.raises(ValueError, match="Unknown preset 'vit-huge'"):
+        ModelArguments(preset="vit-huge")
+    with pytest.raises(ValueError, match="Give one of"):
+        ModelArguments(preset="deit-tiny", model_name_or_path="org/model")
+    with pytest.raises(ValueError, match="mixup=-1.0 must be an alpha >= 0"):
+        AugmentationArguments(mixup=-1.0)
+    with pytest.raises(ValueError, match="remove_unused_columns=True is not supported"):
+        LapeTrainingArguments(output_dir="x", remove_unused_columns=True)
+
+
+def test_resume_from_last_finds_the_newest_checkpoint(tmp_path):
+    for step in (3, 12, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    args = LapeTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last")
+    assert _resolve_checkpoint(args) == str(tmp_path / "checkpoint-12")
+    with pytest.raises(ValueError, match="no checkpoint in"):
+        _resolve_checkpoint(LapeTrainingArguments(output_dir=str(tmp_path / "empty"), resume_from_checkpoint="last"))
+    with pytest.raises(ValueError, match="is not a checkpoint directory"):
+        _resolve_checkpoint(LapeTrainingArguments(output_dir="x", resume_from_checkpoint=str(tmp_path / "missing")))
+
+
+def test_demo_arguments_parse_and_later_arguments_win():
+    model_args, _, augmentation, training_args, run_args = parse(*DEMO_ARGS, "--demo", "--num_train_epochs=2")
+    assert training_args.num_train_epochs == 2 and run_args.demo and run_args.classify_examples > 0
+    assert model_args.pe_join == "lape" and augmentation.horizontal_flip is None
+
+
+def run_script(*command: str, timeout: int) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.mark.slow
+def test_two_process_accelerate_run_is_data_parallel(pattern_folders, tmp_path):
+    train_dir, val_dir = pattern_folders
+    output_dir = tmp_path / "ddp"
+    process = run_script(
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes=2",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        "scripts/train.py",
+        *TINY_MODEL,
+        *QUIET_AND_FAST,
+        f"--train_dir={train_dir}",
+        f"--validation_dir={val_dir}",
+        f"--output_dir={output_dir}",
+        "--per_device_train_batch_size=8",
+        "--num_train_epochs=2",
+        "--rand_augment=false",
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads((output_dir / "results.json").read_text())
+    # 72 images, 8 per process and step, 2 processes: 5 steps per epoch (accelerate pads the last batch).
+    assert results["training"]["num_processes"] == 2
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 10
+    assert results["metrics"]["eval_accuracy"] == pytest.approx(
+        accuracy_of_saved_model(
+            output_dir,
+            [PIL.Image.open(path) for path in sorted(val_dir.rglob("*.png"))],
+            [["checker", "horizontal", "vertical"].index(path.parent.name) for path in sorted(val_dir.rglob("*.png"))],
+        )
+    )
+
+
+@pytest.mark.slow
+def test_the_readme_demo_reaches_97_percent_on_the_digits(tmp_path):
+    output_dir = tmp_path / "demo"
+    process = run_script(sys.executable, "scripts/train.py", "--demo", f"--output_dir={output_dir}", timeout=1800)
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads((output_dir / "results.json").read_text())
+    assert results["metrics"]["eval_accuracy"] >= 0.97
+    assert "Eval accuracy" in process.stdout and "pipeline('image-classification')" in process.stdout
+    assert len(results["examples"]) == 8
