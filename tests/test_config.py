@@ -32,6 +32,7 @@ from lape_hf import PRESETS, LapeViTConfig
         (dict(num_hidden_layers=0), "num_hidden_layers=0 must be an integer >= 1"),
         (dict(patch_size=0), "patch_size=0 must be an integer >= 1"),
         (dict(layer_norm_eps=0), "layer_norm_eps=0 must be a positive number"),
+        (dict(relative_position_layer_norm_eps=-1e-5), "relative_position_layer_norm_eps=-1e-05 must be a positive"),
         (dict(pe_join="unshare", position_embedding_type="sinusoidal_1d"), "needs position_embedding_type='learnable'"),
         (dict(use_distillation_token=True, pooler_type="mean"), "use_distillation_token=True needs pooler_type='cls'"),
         (dict(tokenizer_type="conv", conv_num_layers=0), "conv_num_layers=0 must be an integer >= 1"),

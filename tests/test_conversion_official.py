@@ -268,20 +268,21 @@ def test_unshare_is_read_from_the_per_layer_tables() -> None:
 @pytest.mark.parametrize("rpe", ["plain", "lape"])
 def test_relative_position_bias_layers_match(rpe: str) -> None:
     state = official_state_dict("add", pe="none", rpe=rpe)
-    # The official RPE LayerNorm has eps 1e-5; with layer_norm_eps=1e-5 (the official model built with PyTorch's
-    # default LayerNorm) the whole model matches. Heads are read from the bias table.
-    model = convert_official_state_dict(state, layer_norm_eps=OFFICIAL_RPE_EPS)
+    # The official RPE LayerNorm has eps 1e-5 while the rest uses the model's eps (1e-6 here): the converted config
+    # carries both (relative_position_layer_norm_eps). Heads are read from the bias table.
+    model = convert_official_state_dict(state)
+    assert (model.config.layer_norm_eps, model.config.relative_position_layer_norm_eps) == (EPS, OFFICIAL_RPE_EPS)
     assert model.config.relative_position_bias == rpe
     assert model.config.position_embedding_type == "none"
     assert model.config.num_attention_heads == HEADS
-    assert_same_logits(model, state, "add", eps=OFFICIAL_RPE_EPS)
+    assert_same_logits(model, state, "add")
 
 
 def test_a_wrong_relative_position_index_is_reported() -> None:
     state = official_state_dict("add", pe="none", rpe="plain")
     state["blocks.1.attn.relative_position_index"] = state["blocks.1.attn.relative_position_index"].flip(0)
     with pytest.raises(CheckpointConversionError, match=r"'blocks.1.attn.relative_position_index' is not"):
-        convert_official_state_dict(state, layer_norm_eps=OFFICIAL_RPE_EPS)
+        convert_official_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def reference_relative_bias(config, params, prefix: str) -> torch.Tensor:
     if config.relative_position_bias == "lape":
         weight = params[f"{prefix}.relative_position_bias.layernorm.weight"]
         shift = params[f"{prefix}.relative_position_bias.layernorm.bias"]
-        bias = F.layer_norm(bias, (n,), weight, shift, config.layer_norm_eps)
+        bias = F.layer_norm(bias, (n,), weight, shift, config.relative_position_layer_norm_eps)
     return bias
 
 

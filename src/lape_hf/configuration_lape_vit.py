@@ -137,6 +137,8 @@ class LapeViTConfig(PreTrainedConfig):
             first layer), `"share"` (the raw PE added before every layer), `"unshare"` (a learnable PE per layer).
         relative_position_bias (`str`): `"none"`, `"plain"` (a Swin-style 2-D relative position bias table per layer
             on the patch-to-patch logits) or `"lape"` (that bias normalized by a per-layer LayerNorm over keys).
+        relative_position_layer_norm_eps (`float`, defaults to 1e-5): eps of that key-axis LayerNorm; the official
+            LaPE code builds it with PyTorch's default, whatever `layer_norm_eps` is.
         tokenizer_type (`str`): `"patch"` (a strided convolution) or `"conv"` (CCT's convolutional tokenizer).
         conv_num_layers, conv_kernel_size, conv_stride, conv_padding, conv_intermediate_channels: CCT tokenizer
             convolutions (no bias, each followed by ReLU and, if `conv_pooling_kernel_size > 0`, a max-pool with
@@ -174,6 +176,7 @@ class LapeViTConfig(PreTrainedConfig):
     position_embedding_type: str = "learnable"
     pe_join: str = "lape"
     relative_position_bias: str = "none"
+    relative_position_layer_norm_eps: float = 1e-5
     tokenizer_type: str = "patch"
     conv_num_layers: int = 1
     conv_kernel_size: int = 3
@@ -286,8 +289,10 @@ class LapeViTConfig(PreTrainedConfig):
         positive_int("intermediate_size")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
             rate(name)
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
-            raise ValueError(f"layer_norm_eps={self.layer_norm_eps!r} must be a positive number.")
+        for name in ("layer_norm_eps", "relative_position_layer_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive number.")
         if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
             raise ValueError(f"initializer_range={self.initializer_range!r} must be a number >= 0.")
 

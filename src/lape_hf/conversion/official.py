@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers.utils import logging
 
 from ..configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES, LapeViTConfig
 from ..modeling_lape_vit import (
@@ -39,8 +38,6 @@ from .core import (
     square_side,
 )
 
-logger = logging.get_logger(__name__)
-
 OFFICIAL_LAYOUT = "official LaPE"
 TIMM_LAYOUT = "timm VisionTransformer"
 
@@ -49,7 +46,11 @@ OFFICIAL_RPE_LAYER_NORM_EPS = 1e-5
 
 # Everything the official DeiT-based code and timm's DeiT share; what the weights cannot tell (heads, eps) comes from a
 # matching `deit-*` preset or the caller.
-_LAYOUT_DEFAULTS: dict[str, Any] = {"layer_norm_eps": 1e-6, "hidden_act": "gelu"}
+_LAYOUT_DEFAULTS: dict[str, Any] = {
+    "layer_norm_eps": 1e-6,
+    "relative_position_layer_norm_eps": OFFICIAL_RPE_LAYER_NORM_EPS,
+    "hidden_act": "gelu",
+}
 _PRESET_FAMILY = ("deit-",)
 
 # Names in the official checkpoint of LapeViT's per-layer modules (LapeViT name -> official name).
@@ -215,11 +216,6 @@ def _convert_timm_names(
     if position_embedding_type is None and has_table and pe_join != "unshare":
         choices["position_embedding_type"] = detect_position_embedding_type(config, stored_table)
         config = resolve()
-    if config.relative_position_bias == "lape" and config.layer_norm_eps != OFFICIAL_RPE_LAYER_NORM_EPS:
-        logger.warning(
-            f"The official LaPE RPE LayerNorm (blocks.i.attn.pe_norm) uses eps={OFFICIAL_RPE_LAYER_NORM_EPS:g}; "
-            f"LapeViT uses layer_norm_eps={config.layer_norm_eps:g} for it, so logits match only approximately."
-        )
 
     is_teacher = "head_dist.weight" in state_dict and config.use_distillation_token
     model_class = LapeViTForImageClassificationWithTeacher if is_teacher else LapeViTForImageClassification
