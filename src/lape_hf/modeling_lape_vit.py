@@ -223,13 +223,17 @@ class LapeViTRelativePositionBias(nn.Module):
         self.register_buffer("index", self.relative_position_index(self.grid_size), persistent=False)
         num_patches = rows * columns
         self.layernorm = (
-            nn.LayerNorm(num_patches, eps=config.layer_norm_eps) if config.relative_position_bias == "lape" else None
+            nn.LayerNorm(num_patches, eps=config.relative_position_layer_norm_eps)
+            if config.relative_position_bias == "lape"
+            else None
         )
 
     @staticmethod
-    def relative_position_index(grid_size: tuple[int, int]) -> torch.Tensor:
+    def relative_position_index(grid_size: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
+        """`(N, N)` row of the table for each pair of patches; made on `device` directly (no host-to-device copy)."""
         rows, columns = grid_size
-        coords = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")).flatten(1)
+        grid = torch.meshgrid(torch.arange(rows, device=device), torch.arange(columns, device=device), indexing="ij")
+        coords = torch.stack(grid).flatten(1)
         relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
         return (relative[..., 0] + rows - 1) * (2 * columns - 1) + (relative[..., 1] + columns - 1)
 
@@ -240,7 +244,7 @@ class LapeViTRelativePositionBias(nn.Module):
             layernorm_weight, layernorm_bias = self.layernorm.weight, self.layernorm.bias
         if tuple(grid_size) != self.grid_size:
             table, layernorm_weight, layernorm_bias = self._resized(grid_size)
-            index = self.relative_position_index(grid_size).to(table.device)
+            index = self.relative_position_index(grid_size, table.device)
         num_patches = grid_size[0] * grid_size[1]
         bias = table[index.reshape(-1)].reshape(num_patches, num_patches, -1).permute(2, 0, 1)
         if self.layernorm is not None:
@@ -438,21 +442,25 @@ class LapeViTLayer(GradientCheckpointingLayer):
         grid_size: tuple[int, int],
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # One name per stream, rebound as soon as a tensor is used up: in inference every (batch, tokens, hidden)
+        # intermediate is freed at once instead of living until the layer returns.
         if position_embedding is not None and self.position_layernorm is None:
             hidden_states = hidden_states + position_embedding
-        attention_input = self.layernorm_before(hidden_states)
+        residual = hidden_states
+        hidden_states = self.layernorm_before(hidden_states)
         if position_embedding is not None and self.position_layernorm is not None:
             position_embedding = self.position_layernorm(position_embedding)
-            attention_input = attention_input + position_embedding
-        attention_output, _ = self.attention(attention_input, grid_size, **kwargs)
-        hidden_states = hidden_states + self.drop_path(attention_output)
+            hidden_states = hidden_states + position_embedding
+        hidden_states, _ = self.attention(hidden_states, grid_size, **kwargs)
+        hidden_states = residual + self.drop_path(hidden_states)
 
         if self.post_attention_norm:
             hidden_states = self.layernorm_after(hidden_states)
-            mlp_input = hidden_states
+            residual = hidden_states
         else:
-            mlp_input = self.layernorm_after(hidden_states)
-        hidden_states = hidden_states + self.drop_path(self.mlp(mlp_input))
+            residual = hidden_states
+            hidden_states = self.layernorm_after(hidden_states)
+        hidden_states = residual + self.drop_path(self.mlp(hidden_states))
         return hidden_states, position_embedding
 
 
