@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Speed and memory of LapeViT (lape and add joins) side by side with transformers' ViT and timm's ViT.
+
+    python scripts/benchmark.py                          # DeiT-Ti at 224, 2 threads, inference and training
+    python scripts/benchmark.py --size vit-lite-7/4      # ViT-Lite-7/4 at 32x32
+    python scripts/benchmark.py --size tiny --repeats 3  # a quick smoke run
+    python scripts/benchmark.py --compile                # also torch.compile'd copies of every model
+    python scripts/benchmark.py --data-wait -- --output_dir outputs/demo-timed   # the training demo's data waits
+
+Prints a Markdown table (absolute figures and ratios against transformers' ViT) and the LaPE cost ratios, and writes
+everything, every round included, to JSON (default outputs/benchmark/<size>.json). timm's ViT needs the `bench`
+extra (pip install -e ".[bench]"); without it that row is skipped with a note. How memory is measured on CPU and
+how the rounds are interleaved: see `lape_hf.benchmark`.
+
+`--data-wait` measures something else: it runs the README's training demo (`scripts/train.py --demo`, followed by
+any arguments after `--`) in this process and reports the share of `Trainer.train`'s wall time spent waiting for
+batches from the DataLoader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+from pathlib import Path
+
+# The profiler behind the memory figures (Kineto) prints start/stop lines for every measured step below level 6.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+from lape_hf.benchmark import BENCHMARK_SIZES, MODES, measure_data_wait, run_benchmark  # noqa: E402
+
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(BENCHMARK_SIZES), default="deit-tiny", help="architecture")
+    parser.add_argument("--batch-size", type=int, help="images per step (default: depends on --size)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved rounds; figures are their median")
+    parser.add_argument("--iterations", type=int, help="steps per candidate in a round (default: depends on --size)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each candidate before the rounds")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to measure")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile'd variants of every model")
+    parser.add_argument("--no-timm", action="store_true", help="leave timm's ViT out even if it is installed")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
+    parser.add_argument("--output", type=Path, help="JSON file (default outputs/benchmark/<size>[-compile].json)")
+    parser.add_argument(
+        "--data-wait", action="store_true", help="time the data waits of scripts/train.py --demo [-- its arguments]"
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train_arguments = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    args.train_arguments = train_arguments
+    if train_arguments and not args.data_wait:
+        parser.error(f"arguments after '--' ({' '.join(train_arguments)}) are for the training demo: add --data-wait.")
+    for name in ("batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}={value} must be at least 1.")
+    return args
+
+
+def time_training_demo(train_arguments: list[str]) -> int:
+    """Run `scripts/train.py --demo ...` here, as the README's command does, with the DataLoader's waits timed."""
+
+    def train() -> None:
+        saved_argv = sys.argv
+        sys.argv = [str(TRAIN_SCRIPT), "--demo", *train_arguments]
+        try:
+            runpy.run_path(str(TRAIN_SCRIPT), run_name="__main__")
+        except SystemExit as exit:
+            if exit.code not in (0, None):
+                raise
+        finally:
+            sys.argv = saved_argv
+
+    report = measure_data_wait(train)
+    print(f"\ndata wait of scripts/train.py --demo {' '.join(train_arguments)}: {report.format()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.data_wait:
+        return time_training_demo(args.train_arguments)
+    try:
+        report = run_benchmark(
+            size=args.size,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            repeats=args.repeats,
+            iterations=args.iterations,
+            warmup=args.warmup,
+            modes=args.modes,
+            compile=args.compile,
+            include_timm=not args.no_timm,
+            measure_memory=not args.no_memory,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    print(report.format())
+    output = args.output or Path("outputs/benchmark") / (
+        args.size.replace("/", "_") + ("-compile" if args.compile else "") + ".json"
+    )
+    report.write_json(output)
+    print(f"\nwrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The benchmark's logic, not its timings: every candidate is the same network, the memory measure counts what a step
+really holds, the rounds are interleaved, and a smoke run produces a complete report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lape_hf import LapeViTForImageClassification, benchmark
+from lape_hf.benchmark import (
+    BenchmarkReport,
+    Candidate,
+    CandidateResult,
+    benchmark_config,
+    build_candidates,
+    build_lape_vit,
+    build_timm_vit,
+    build_transformers_vit,
+    held_bytes,
+    interleaved_rates,
+    run_benchmark,
+    step_peak_bytes,
+)
+from lape_hf.conversion import convert_timm_state_dict, convert_transformers_model
+
+
+def logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(pixel_values)
+
+
+def test_transformers_vit_is_the_add_join_of_the_same_network():
+    """LapeViT with the add join, given transformers' ViT weights, computes transformers' logits: same width, depth,
+    heads, MLP, qkv bias, LayerNorm eps, activation, class token and PE."""
+    reference = build_transformers_vit(benchmark_config("tiny"))
+    lape_add = build_lape_vit(benchmark_config("tiny", "add"))
+    lape_add.model.load_state_dict(convert_transformers_model(reference.model).state_dict())
+    pixel_values = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(logits(lape_add, pixel_values), logits(reference, pixel_values), atol=1e-5, rtol=0)
+
+
+def test_timm_vit_is_the_add_join_of_the_same_network():
+    pytest.importorskip("timm")
+    config = benchmark_config("tiny")
+    reference = build_timm_vit(config)
+    lape_add = build_lape_vit(benchmark_config("tiny", "add"))
+    converted = convert_timm_state_dict(reference.state_dict(), num_attention_heads=config.num_attention_heads)
+    lape_add.model.load_state_dict(converted.state_dict())
+    pixel_values = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(logits(lape_add, pixel_values), logits(reference, pixel_values), atol=1e-5, rtol=0)
+
+
+def test_candidates_differ_only_by_the_lape_layer_norms():
+    candidates = {candidate.name: candidate for candidate in build_candidates("tiny", include_timm=False)}
+    assert list(candidates) == ["lape-vit[lape]", "lape-vit[add]", "transformers-vit"]
+    config = benchmark_config("tiny")
+    assert candidates["lape-vit[add]"].parameters == candidates["transformers-vit"].parameters
+    lape_extra = candidates["lape-vit[lape]"].parameters - candidates["lape-vit[add]"].parameters
+    assert lape_extra == 2 * config.hidden_size * config.num_hidden_layers
+    assert all(c.model.model.config._attn_implementation == "sdpa" for c in candidates.values())
+    assert config.drop_path_rate == config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
+
+
+def test_compiled_variants_are_compared_with_compiled_transformers_vit():
+    names = [c.name for c in build_candidates("tiny", compile=True, include_timm=False)]
+    assert names[3:] == ["lape-vit[lape]+compile", "lape-vit[add]+compile", "transformers-vit+compile"]
+    candidates = build_candidates("tiny", compile=True, include_timm=False)
+    assert candidates[3].reference_name == "transformers-vit+compile"
+    assert candidates[0].reference_name == "transformers-vit"
+
+
+def test_step_peak_counts_bytes_alive_at_the_same_time():
+    def step() -> None:
+        first = torch.empty(1_000_000)  # 4 MB
+        second = torch.empty(250_000)  # 1 MB, alive with the first: the peak, 5 MB
+        del first
+        third = torch.empty(750_000)  # 3 MB, alive with the second only: 4 MB
+        del second, third
+
+    assert step_peak_bytes(step) == 5_000_000
+
+
+def test_held_bytes_are_parameters_buffers_and_optimizer_state():
+    model = torch.nn.Linear(10, 3)
+    optimizer = torch.optim.AdamW(model.parameters())
+    candidate = Candidate("linear", model, optimizer, parameters=33)
+    assert held_bytes(candidate, "inference") == held_bytes(candidate, "training") == 33 * 4
+    model(torch.randn(2, 10)).sum().backward()
+    optimizer.step()
+    # AdamW keeps two moments per parameter and a step count per tensor.
+    step_bytes = sum(state["step"].numel() * state["step"].element_size() for state in optimizer.state.values())
+    assert held_bytes(candidate, "training") == 3 * 33 * 4 + step_bytes
+
+
+def test_rounds_are_interleaved_and_rotate_the_starting_candidate():
+    calls: list[str] = []
+    candidates = [
+        Candidate(name, torch.nn.Identity(), torch.optim.SGD([torch.zeros(1, requires_grad=True)]), 0) for name in "abc"
+    ]
+    samples = interleaved_rates(
+        candidates,
+        lambda candidate, pixel_values, labels: calls.append(candidate.name),
+        pixel_values=torch.zeros(4, 1),
+        labels=torch.zeros(4),
+        warmup=1,
+        repeats=3,
+        iterations=2,
+    )
+    assert "".join(calls) == "abc" + "aabbcc" + "bbccaa" + "ccaabb"
+    assert {name: len(rates) for name, rates in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(rate > 0 for rates in samples.values() for rate in rates)
+
+
+def test_bad_arguments_are_refused_before_anything_runs():
+    with pytest.raises(ValueError, match=r"Unknown benchmark size 'huge'; allowed: deit-tiny, vit-lite-7/4, tiny"):
+        run_benchmark("huge")
+    with pytest.raises(ValueError, match=r"modes=\['eval'\] must be a non-empty selection"):
+        run_benchmark("tiny", modes=["eval"])
+    with pytest.raises(ValueError, match="repeats=0 must be at least 1"):
+        run_benchmark("tiny", repeats=0)
+
+
+def test_smoke_run_reports_every_candidate_and_writes_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "timm_available", lambda: False)  # the note path; timm itself is tested above
+    report = run_benchmark("tiny", batch_size=2, threads=None, repeats=1, iterations=1, warmup=1, log=None)
+    names = [result.name for result in report.results]
+    assert names == ["lape-vit[lape]", "lape-vit[add]", "transformers-vit"]
+    assert report.notes == ["timm is not installed (pip install 'lape_hf[bench]'): timm's ViT was skipped."]
+    for result in report.results:
+        assert set(result.images_per_second) == set(result.peak_memory_bytes) == {"inference", "training"}
+        assert all(rate > 0 for rate in result.images_per_second.values())
+        # Training holds the weights, AdamW's two moments and the gradients at its peak: more than 4x the weights.
+        assert result.peak_memory_bytes["training"] > 4 * 4 * result.parameters
+        assert result.peak_memory_bytes["inference"] > 4 * result.parameters
+    assert report.ratio("transformers-vit", "transformers-vit", "training") == 1.0
+    compared = [row.what for row in report.comparisons()]
+    assert "lape-vit[lape] / lape-vit[add], training speed" in compared
+    assert not any("timm" in what for what in compared)
+    table = report.format_table()
+    assert table.count("\n") == 2 + len(names) - 1 and "| lape-vit[lape] | 0.024M |" in table
+
+    path = tmp_path / "report.json"
+    report.write_json(path)
+    data = json.loads(path.read_text())
+    assert [result["name"] for result in data["results"]] == names
+    assert data["results"][0]["samples"]["training"] == report.results[0].samples["training"]
+    assert {row["what"] for row in data["comparisons"]} == set(compared)
+
+
+def test_speed_ratios_pair_the_candidates_round_by_round():
+    """A slow spell of the machine in one round must not move a ratio: each round's ratio is taken, then the median."""
+    report = BenchmarkReport(
+        size="tiny",
+        description="",
+        batch_size=1,
+        threads=1,
+        repeats=3,
+        iterations=1,
+        warmup=0,
+        modes=["training"],
+        environment={},
+        results=[
+            CandidateResult("a", 0, {"training": 20.0}, {"training": [10.0, 20.0, 30.0]}),
+            CandidateResult("b", 0, {"training": 15.0}, {"training": [5.0, 40.0, 15.0]}),
+        ],
+    )
+    assert report.ratio("a", "b", "training") == 2.0  # rounds: 2, 0.5, 2 (the ratio of the medians is 4/3)
+    assert report.best_round_ratio("a", "b", "training") == 30.0 / 40.0
+    assert report.ratio("a", "b", "inference") is None
+    assert report.ratio("a", "missing", "training") is None
+
+
+def test_data_wait_is_timed_inside_trainer_train_only(tmp_path):
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+    from transformers import Trainer, TrainingArguments
+
+    dataset = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 10} for i in range(8)]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = Trainer(LapeViTForImageClassification(benchmark_config("tiny")), arguments, train_dataset=dataset)
+
+    def run() -> None:
+        trainer.train()
+        for _ in DataLoader(dataset, batch_size=4):  # outside Trainer.train: not a training batch
+            pass
+
+    original_next, original_train = _BaseDataLoaderIter.__next__, Trainer.train
+    report = benchmark.measure_data_wait(run)
+    assert 3 <= report.train_batches <= 4  # three steps; accelerate fetches one batch ahead
+    assert 0 <= report.train_wait_seconds <= report.train_seconds <= report.run_seconds
+    assert 0 <= report.train_wait_share <= 1 and report.other_wait_seconds >= 0
+    assert "waiting for" in report.format()
+    assert (_BaseDataLoaderIter.__next__, Trainer.train) == (original_next, original_train)  # patches removed
+
+
+def test_lape_vit_uses_sdpa_attention_by_default():
+    """The fast path is the default: a model built from a config (or by the Auto classes) runs sdpa, not eager."""
+    from transformers import AutoModelForImageClassification
+
+    config = benchmark_config("tiny")
+    assert LapeViTForImageClassification(config).config._attn_implementation == "sdpa"
+    assert AutoModelForImageClassification.from_config(config).config._attn_implementation == "sdpa"
