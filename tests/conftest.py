@@ -3,6 +3,8 @@ affines, biases and position embeddings all matter when numbers are compared).""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -36,6 +38,31 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 parameter.copy_(0.3 * noise)
     return model
+
+
+def reference_sinusoidal_1d(num_positions: int, dim: int) -> torch.Tensor:
+    """LAPE.md's 1-D sinusoidal PE, by explicit loops: sin/cos(pos / 10000^(2*(i//2)/D)) for even/odd i."""
+    table = torch.zeros(num_positions, dim, dtype=torch.float64)
+    for pos in range(num_positions):
+        for i in range(dim):
+            angle = pos / 10000 ** (2 * (i // 2) / dim)
+            table[pos, i] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
+    return table.float()
+
+
+def reference_sinusoidal_2d(rows: int, columns: int, dim: int) -> torch.Tensor:
+    """LAPE.md's 2-D sinusoidal PE, by explicit loops: column in the first half of the channels, row in the second."""
+    d = dim // 2
+    table = torch.zeros(rows * columns, dim, dtype=torch.float64)
+    for h in range(rows):
+        for w in range(columns):
+            for k in range(d // 2):
+                div = math.exp(-2 * k * math.log(10000) / d)
+                table[h * columns + w, 2 * k] = math.sin(w * div)
+                table[h * columns + w, 2 * k + 1] = math.cos(w * div)
+                table[h * columns + w, d + 2 * k] = math.sin(h * div)
+                table[h * columns + w, d + 2 * k + 1] = math.cos(h * div)
+    return table.float()
 
 
 @pytest.fixture(autouse=True)

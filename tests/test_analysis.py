@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import randomize_, tiny_config
+from conftest import randomize_, reference_sinusoidal_2d, tiny_config
 from matplotlib.image import AxesImage
 from PIL import Image
 from transformers import ViTConfig
@@ -71,21 +71,6 @@ def _explicit_cosine(vectors: np.ndarray) -> np.ndarray:
     return result
 
 
-def _paper_sinusoidal_2d(rows: int, columns: int, dim: int) -> np.ndarray:
-    """LAPE.md's 2-D sinusoidal PE, written independently: column in the first half, row in the second."""
-    half = dim // 2
-    table = np.zeros((rows * columns, dim))
-    for h in range(rows):
-        for w in range(columns):
-            for k in range(half // 2):
-                div = math.exp(-2 * k * math.log(10000.0) / half)
-                table[h * columns + w, 2 * k] = math.sin(w * div)
-                table[h * columns + w, 2 * k + 1] = math.cos(w * div)
-                table[h * columns + w, half + 2 * k] = math.sin(h * div)
-                table[h * columns + w, half + 2 * k + 1] = math.cos(h * div)
-    return table
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The similarity and the measures
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,7 +120,7 @@ def test_raw_sinusoidal_2d_map_peaks_at_its_patch_and_is_symmetric():
     model = _model(seed=None, position_embedding_type="sinusoidal_2d", image_size=40)  # a 5x5 grid, centre (2, 2)
     maps = position_embedding_maps(model, "sin2d")
     raw = maps.raw[0]
-    np.testing.assert_allclose(raw, _explicit_cosine(_paper_sinusoidal_2d(5, 5, 32)), atol=1e-5)
+    np.testing.assert_allclose(raw, _explicit_cosine(reference_sinusoidal_2d(5, 5, 32).double().numpy()), atol=1e-5)
     np.testing.assert_allclose(raw, raw.T, atol=1e-12)  # s_ij = s_ji
     assert (raw.argmax(axis=1) == np.arange(25)).all()  # every patch's map peaks at that patch
     np.testing.assert_allclose(np.diag(raw), 1.0, atol=1e-6)

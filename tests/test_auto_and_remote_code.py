@@ -4,15 +4,13 @@ and `pipeline("image-classification")` on PIL images of any size and mode."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import randomize_, tiny_config
+from hub_helpers import run_without_lape_hf
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
@@ -25,30 +23,15 @@ from lape_hf import (
 )
 from lape_hf.image_processing import build_image_processor
 
-# Runs in a fresh interpreter where `import lape_hf` raises: the model can only come from the saved code files.
-REMOTE_CODE_SCRIPT = textwrap.dedent(
+# Runs where `import lape_hf` raises (hub_helpers.run_without_lape_hf): the model can only come from the code files.
+REMOTE_CODE_LOADING = textwrap.dedent(
     """
-    import importlib.abc, json, sys
-
-    class BlockLapeHf(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "lape_hf" or name.startswith("lape_hf."):
-                raise ImportError("lape_hf is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockLapeHf())
-    try:
-        import lape_hf  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("lape_hf should not be importable here")
-
+    import json
     import torch
     from transformers import AutoModelForImageClassification
 
     report = {}
-    for directory in sys.argv[1:]:
+    for directory in json.loads(DIRECTORIES):
         model = AutoModelForImageClassification.from_pretrained(directory, trust_remote_code=True).eval()
         inputs = torch.load(f"{directory}/inputs.pt")
         with torch.no_grad():
@@ -75,17 +58,9 @@ def save_with_expected_output(model: torch.nn.Module, directory: Path) -> None:
 
 
 def load_in_process_without_lape_hf(directories: list[Path], tmp_path: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, *map(str, directories)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    code = f"DIRECTORIES = {json.dumps(json.dumps([str(d) for d in directories]))}\n" + REMOTE_CODE_LOADING
+    completed = run_without_lape_hf(code, cwd=tmp_path, hub_cache=tmp_path / "hub", timeout=600)
+    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_save_pretrained_writes_safetensors_config_and_code(tmp_path):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_, tiny_config
+from conftest import randomize_, reference_sinusoidal_1d, reference_sinusoidal_2d, tiny_config
 
 from lape_hf import LapeViTConfig, LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher, LapeViTModel
 
@@ -23,29 +23,6 @@ JOIN_AND_PE = [
 # ---------------------------------------------------------------------------------------------------------------------
 # The reference: LAPE.md written out with torch.nn.functional
 # ---------------------------------------------------------------------------------------------------------------------
-def reference_sinusoidal_1d(num_positions: int, dim: int) -> torch.Tensor:
-    table = torch.zeros(num_positions, dim, dtype=torch.float64)
-    for pos in range(num_positions):
-        for i in range(dim):
-            angle = pos / 10000 ** (2 * (i // 2) / dim)
-            table[pos, i] = math.sin(angle) if i % 2 == 0 else math.cos(angle)
-    return table.float()
-
-
-def reference_sinusoidal_2d(rows: int, columns: int, dim: int) -> torch.Tensor:
-    d = dim // 2
-    table = torch.zeros(rows * columns, dim, dtype=torch.float64)
-    for h in range(rows):
-        for w in range(columns):
-            for k in range(d // 2):
-                div = math.exp(-2 * k * math.log(10000) / d)
-                table[h * columns + w, 2 * k] = math.sin(w * div)
-                table[h * columns + w, 2 * k + 1] = math.cos(w * div)
-                table[h * columns + w, d + 2 * k] = math.sin(h * div)
-                table[h * columns + w, d + 2 * k + 1] = math.cos(h * div)
-    return table.float()
-
-
 def reference_position_embedding(config, params) -> torch.Tensor | None:
     """(tables, T, D) as LAPE.md defines each PE type; prefix tokens at positions 0.. (1-D) or zeros (2-D)."""
     prefix = config.num_prefix_tokens
