@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to measure")
     parser.add_argument("--compile", action="store_true", help="add torch.compile'd variants of every model")
     parser.add_argument("--no-timm", action="store_true", help="leave timm's ViT out even if it is installed")
+    parser.add_argument(
+        "--control", action="store_true", help="add a second copy of transformers' ViT: the run's noise floor"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
     parser.add_argument("--output", type=Path, help="JSON file (default outputs/benchmark/<size>[-compile].json)")
     parser.add_argument(
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             modes=args.modes,
             compile=args.compile,
             include_timm=not args.no_timm,
+            control=args.control,
             measure_memory=not args.no_memory,
         )
     except ValueError as error:

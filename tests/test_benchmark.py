@@ -63,6 +63,15 @@ def test_candidates_differ_only_by_the_lape_layer_norms():
     assert config.drop_path_rate == config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.0
 
 
+def test_the_control_is_a_second_copy_of_the_reference():
+    candidates = build_candidates("tiny", include_timm=False, control=True)
+    control, reference = candidates[-1], candidates[2]
+    assert (control.name, control.reference_name, reference.name) == ("transformers-vit#2", *["transformers-vit"] * 2)
+    assert control.model is not reference.model
+    for first, second in zip(control.model.parameters(), reference.model.parameters(), strict=True):
+        assert torch.equal(first, second)  # the same seed: the same weights
+
+
 def test_compiled_variants_are_compared_with_compiled_transformers_vit():
     names = [c.name for c in build_candidates("tiny", compile=True, include_timm=False)]
     assert names[3:] == ["lape-vit[lape]+compile", "lape-vit[add]+compile", "transformers-vit+compile"]
@@ -211,3 +220,21 @@ def test_lape_vit_uses_sdpa_attention_by_default():
     config = benchmark_config("tiny")
     assert LapeViTForImageClassification(config).config._attn_implementation == "sdpa"
     assert AutoModelForImageClassification.from_config(config).config._attn_implementation == "sdpa"
+
+
+def test_readme_benchmark_commands_parse():
+    """Every `scripts/benchmark.py` command in the README's Performance section is accepted as written."""
+    import importlib.util
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("benchmark_script", root / "scripts" / "benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    section = (root / "README.md").read_text().split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0] for line in section.splitlines() if line.startswith("python scripts/benchmark.py")]
+    assert len(commands) >= 4
+    for command in commands:
+        args = script.parse_args(shlex.split(command)[2:])
+        assert args.size in benchmark.BENCHMARK_SIZES

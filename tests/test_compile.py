@@ -97,6 +97,20 @@ def test_optional_modules_compile_as_one_graph():
     assert_compiles_like_eager(random_model(**EVERY_MODULE), eval_backend="aot_eager", training_backend="aot_eager")
 
 
+def test_other_batch_sizes_share_one_dynamic_graph():
+    """The second batch size makes dynamo trace the batch dimension symbolically; from then on any batch size runs
+    without recompiling, still as one graph."""
+    model = random_model(**EVERY_MODULE).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        for batch_size in (2, 3, 5, 8):
+            pixel_values = torch.randn(batch_size, 3, 32, 32)
+            with torch.compiler.set_stance("fail_on_recompile" if batch_size > 3 else "default"):
+                logits = compiled(pixel_values).logits
+            torch.testing.assert_close(logits, model(pixel_values).logits, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", [LAPE, EVERY_MODULE], ids=["lape", "every-module"])
 def test_representative_models_train_with_inductor_like_eager(overrides):

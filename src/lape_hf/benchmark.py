@@ -39,6 +39,8 @@ from .modeling_lape_vit import LapeViTForImageClassification
 
 MODES = ("inference", "training")
 REFERENCE = "transformers-vit"
+# A second, independently built copy of the reference: how far apart two identical models measure in the same run.
+CONTROL = REFERENCE + "#2"
 # Settings every candidate shares, whatever the size: only the PE join differs between the LapeViT candidates.
 _SHARED = dict(
     position_embedding_type="learnable",
@@ -192,9 +194,12 @@ class Candidate:
         return REFERENCE + ("+compile" if self.name.endswith("+compile") else "")
 
 
-def build_candidates(size: str, compile: bool = False, include_timm: bool = True) -> list[Candidate]:
-    """LapeViT with the lape and add joins, transformers' ViT and (if installed) timm's ViT; `compile` adds
-    torch.compile'd copies of each. Every model starts from the same seed."""
+def build_candidates(
+    size: str, compile: bool = False, include_timm: bool = True, control: bool = False
+) -> list[Candidate]:
+    """LapeViT with the lape and add joins, transformers' ViT and (if installed) timm's ViT; `control` adds a second
+    copy of transformers' ViT (the noise floor), `compile` torch.compile'd copies of each. Every model starts from
+    the same seed."""
     builders: list[tuple[str, Callable[[], nn.Module]]] = [
         ("lape-vit[lape]", lambda: build_lape_vit(benchmark_config(size, "lape"))),
         ("lape-vit[add]", lambda: build_lape_vit(benchmark_config(size, "add"))),
@@ -202,6 +207,8 @@ def build_candidates(size: str, compile: bool = False, include_timm: bool = True
     ]
     if include_timm and timm_available():
         builders.append(("timm-vit", lambda: build_timm_vit(benchmark_config(size))))
+    if control:
+        builders.append((CONTROL, lambda: build_transformers_vit(benchmark_config(size))))
     variants = [False, True] if compile else [False]
     candidates = []
     for compiled in variants:
@@ -388,6 +395,12 @@ class BenchmarkReport:
                 if value is not None:
                     best = self.best_round_ratio(first, second, mode) if metric == "speed" else None
                     rows.append(Comparison(f"{first} / {second}, {mode} {metric}", value, best, target))
+            for mode in MODES:  # two copies of one model: how far apart identical models measure
+                value = self.ratio(CONTROL + suffix, REFERENCE + suffix, mode)
+                if value is not None:
+                    best = self.best_round_ratio(CONTROL + suffix, REFERENCE + suffix, mode)
+                    what = f"noise floor: {CONTROL + suffix} / {REFERENCE + suffix}, {mode} speed"
+                    rows.append(Comparison(what, value, best, ""))
         return rows
 
     def format_table(self) -> str:
@@ -482,10 +495,12 @@ def run_benchmark(
     modes: Sequence[str] = MODES,
     compile: bool = False,
     include_timm: bool = True,
+    control: bool = False,
     measure_memory: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> BenchmarkReport:
-    """Build every candidate at `size`, measure the speed of each mode interleaved, then the peak memory of each."""
+    """Build every candidate at `size`, measure the speed of each mode interleaved, then the peak memory of each.
+    `control=True` adds a second copy of transformers' ViT: its ratio to the first is the run's noise floor."""
     benchmark_config(size)  # validates the size before anything is built
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or not modes:
@@ -505,7 +520,7 @@ def run_benchmark(
         notes.append("timm is not installed (pip install 'lape_hf[bench]'): timm's ViT was skipped.")
     load_before = _load_average()
 
-    candidates = build_candidates(size, compile=compile, include_timm=include_timm)
+    candidates = build_candidates(size, compile=compile, include_timm=include_timm, control=control)
     config = benchmark_config(size)
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(batch_size, config.num_channels, *config.image_size_2d, generator=generator)
@@ -614,6 +629,7 @@ def measure_data_wait(run: Callable[[], Any]) -> DataWaitReport:
 
 __all__ = [
     "BENCHMARK_SIZES",
+    "CONTROL",
     "BenchmarkReport",
     "BenchmarkSize",
     "Candidate",
