@@ -181,6 +181,30 @@ def test_speed_ratios_pair_the_candidates_round_by_round():
     assert report.ratio("a", "missing", "training") is None
 
 
+def test_the_control_is_reported_as_the_noise_floor_without_a_target():
+    rounds = {"training": [10.0, 20.0, 30.0]}
+    control_rounds = {"training": [11.0, 19.0, 33.0]}
+    report = BenchmarkReport(
+        size="tiny",
+        description="",
+        batch_size=1,
+        threads=1,
+        repeats=3,
+        iterations=1,
+        warmup=0,
+        modes=["training"],
+        environment={},
+        results=[
+            CandidateResult("transformers-vit", 0, {"training": 20.0}, rounds),
+            CandidateResult("transformers-vit#2", 0, {"training": 19.0}, control_rounds),
+        ],
+    )
+    (row,) = [row for row in report.comparisons() if row.what.startswith("noise floor")]
+    assert row.what == "noise floor: transformers-vit#2 / transformers-vit, training speed"
+    assert row.ratio == pytest.approx(1.1)  # rounds: 1.1, 0.95, 1.1
+    assert row.best_round_ratio == pytest.approx(33.0 / 30.0) and row.target == ""
+
+
 def test_data_wait_is_timed_inside_trainer_train_only(tmp_path):
     from torch.utils.data import DataLoader
     from torch.utils.data.dataloader import _BaseDataLoaderIter
