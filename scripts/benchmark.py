@@ -5,6 +5,7 @@
     python scripts/benchmark.py --size vit-lite-7/4      # ViT-Lite-7/4 at 32x32
     python scripts/benchmark.py --size tiny --repeats 3  # a quick smoke run
     python scripts/benchmark.py --compile                # also torch.compile'd copies of every model
+    python scripts/benchmark.py --processes 3            # three fresh processes in turn, their rounds pooled
     python scripts/benchmark.py --data-wait -- --output_dir outputs/demo-timed   # the training demo's data waits
 
 Prints a Markdown table (absolute figures and ratios against transformers' ViT) and the LaPE cost ratios, and writes
@@ -20,15 +21,25 @@ batches from the DataLoader.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import runpy
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # The profiler behind the memory figures (Kineto) prints start/stop lines for every measured step below level 6.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-from lape_hf.benchmark import BENCHMARK_SIZES, MODES, measure_data_wait, run_benchmark  # noqa: E402
+from lape_hf.benchmark import (  # noqa: E402
+    BENCHMARK_SIZES,
+    MODES,
+    BenchmarkReport,
+    combine_reports,
+    measure_data_wait,
+    run_benchmark,
+)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 
@@ -48,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--control", action="store_true", help="add a second copy of transformers' ViT: the run's noise floor"
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory measurement")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run the whole benchmark in this many fresh processes, one after another, and pool their rounds",
+    )
     parser.add_argument("--output", type=Path, help="JSON file (default outputs/benchmark/<size>[-compile].json)")
     parser.add_argument(
         "--data-wait", action="store_true", help="time the data waits of scripts/train.py --demo [-- its arguments]"
@@ -58,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.train_arguments = train_arguments
     if train_arguments and not args.data_wait:
         parser.error(f"arguments after '--' ({' '.join(train_arguments)}) are for the training demo: add --data-wait.")
-    for name in ("batch_size", "threads"):
+    for name in ("batch_size", "threads", "processes"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}={value} must be at least 1.")
@@ -84,10 +101,47 @@ def time_training_demo(train_arguments: list[str]) -> int:
     return 0
 
 
+def child_arguments(args: argparse.Namespace, output: Path) -> list[str]:
+    """This script's arguments for one process of a `--processes` run: the same benchmark, its JSON to `output`."""
+    arguments = ["--size", args.size, "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    arguments += ["--warmup", str(args.warmup), "--modes", *args.modes, "--output", str(output)]
+    for name in ("batch_size", "iterations"):
+        if getattr(args, name) is not None:
+            arguments += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    for name in ("compile", "no_timm", "control", "no_memory"):
+        if getattr(args, name):
+            arguments.append(f"--{name.replace('_', '-')}")
+    return arguments
+
+
+def run_in_processes(args: argparse.Namespace) -> BenchmarkReport:
+    """The benchmark in `args.processes` fresh processes, one after another (never side by side: they would share
+    the cores), combined by `lape_hf.benchmark.combine_reports`."""
+    reports = []
+    with tempfile.TemporaryDirectory() as directory:
+        for index in range(args.processes):
+            output = Path(directory) / f"process-{index}.json"
+            print(f"\n=== process {index + 1} of {args.processes}", flush=True)
+            subprocess.run([sys.executable, __file__, *child_arguments(args, output)], check=True)
+            reports.append(BenchmarkReport.from_dict(json.loads(output.read_text())))
+    return combine_reports(reports)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.data_wait:
         return time_training_demo(args.train_arguments)
+    if args.processes > 1:
+        try:
+            report = run_in_processes(args)
+        except subprocess.CalledProcessError as error:
+            print(
+                f"error: a benchmark process failed (exit code {error.returncode}); see its output above.",
+                file=sys.stderr,
+            )
+            return error.returncode or 1
+        print(f"\n=== combined: {args.processes} processes")
+        return finish(args, report)
     try:
         report = run_benchmark(
             size=args.size,
@@ -105,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return finish(args, report)
+
+
+def finish(args: argparse.Namespace, report: BenchmarkReport) -> int:
+    """Print the report and write its JSON."""
     print()
     print(report.format())
     output = args.output or Path("outputs/benchmark") / (

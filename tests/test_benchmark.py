@@ -3,7 +3,11 @@ really holds, the rounds are interleaved, and a smoke run produces a complete re
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shlex
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,12 +22,15 @@ from lape_hf.benchmark import (
     build_lape_vit,
     build_timm_vit,
     build_transformers_vit,
+    combine_reports,
     held_bytes,
     interleaved_rates,
     run_benchmark,
     step_peak_bytes,
 )
 from lape_hf.conversion import convert_timm_state_dict, convert_transformers_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -246,19 +253,93 @@ def test_lape_vit_uses_sdpa_attention_by_default():
     assert AutoModelForImageClassification.from_config(config).config._attn_implementation == "sdpa"
 
 
-def test_readme_benchmark_commands_parse():
-    """Every `scripts/benchmark.py` command in the README's Performance section is accepted as written."""
-    import importlib.util
-    import shlex
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("benchmark_script", root / "scripts" / "benchmark.py")
+def load_benchmark_script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    section = (root / "README.md").read_text().split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
+    return script
+
+
+def test_readme_benchmark_commands_parse():
+    """Every `scripts/benchmark.py` command in the README's Performance section is accepted as written."""
+    script = load_benchmark_script()
+    section = (ROOT / "README.md").read_text().split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
     commands = [line.split("#")[0] for line in section.splitlines() if line.startswith("python scripts/benchmark.py")]
     assert len(commands) >= 4
     for command in commands:
         args = script.parse_args(shlex.split(command)[2:])
         assert args.size in benchmark.BENCHMARK_SIZES
+
+
+def synthetic_report(rounds: dict[str, list[float]], peaks: dict[str, int], **settings) -> BenchmarkReport:
+    """A training-only report of the given per-round images/s and peak bytes, one candidate per key."""
+    results = [
+        CandidateResult(name, 0, {"training": statistics.median(r)}, {"training": r}, {"training": peaks[name]})
+        for name, r in rounds.items()
+    ]
+    fields = dict(size="tiny", description="", batch_size=1, threads=1, iterations=1, warmup=0)
+    fields.update(settings)
+    return BenchmarkReport(
+        **fields,
+        repeats=len(next(iter(rounds.values()))),
+        modes=["training"],
+        environment={"load_average_before": [0.1], "load_average_after": [2.0]},
+        results=results,
+    )
+
+
+def test_processes_are_combined_by_pooling_their_rounds():
+    """A process that favours one candidate throughout (here "b", 10% faster in all its rounds) is one voice among
+    several: rounds stay paired within their process, the median runs over all of them, the per-process ratios show
+    the disagreement, and memory is the largest peak seen."""
+    fair = synthetic_report({"a": [10.0, 20.0, 30.0], "b": [10.0, 20.0, 30.0]}, {"a": 100, "b": 100})
+    biased = synthetic_report({"a": [10.0, 20.0, 30.0], "b": [11.0, 22.0, 33.0]}, {"a": 120, "b": 100})
+    combined = combine_reports([fair, biased, fair])
+    assert combined.process_rounds == [3, 3, 3] and combined.repeats == 9
+    assert combined.result("a").samples["training"] == [10.0, 20.0, 30.0] * 3
+    assert combined.ratio("b", "a", "training") == 1.0  # six rounds at 1.0, three at 1.1
+    assert combined.process_ratios("b", "a", "training") == pytest.approx([1.0, 1.1, 1.0])
+    assert combined.result("a").peak_memory_bytes == {"training": 120}
+    assert combined.environment["load_average_after"] == [2.0]
+    assert "from 3 processes" in combined.format()
+    assert fair.process_ratios("b", "a", "training") == []  # a single process has no per-process split
+    # Combining combined reports keeps every process.
+    assert combine_reports([combined, fair]).process_rounds == [3, 3, 3, 3]
+
+
+def test_only_runs_of_the_same_benchmark_are_combined():
+    report = synthetic_report({"a": [1.0], "b": [1.0]}, {"a": 1, "b": 1})
+    with pytest.raises(ValueError, match="batch_size=2 and 1"):
+        combine_reports([report, synthetic_report({"a": [1.0], "b": [1.0]}, {"a": 1, "b": 1}, batch_size=2)])
+    with pytest.raises(ValueError, match=r"candidates \['a'\] and \['a', 'b'\]"):
+        combine_reports([report, synthetic_report({"a": [1.0]}, {"a": 1})])
+    with pytest.raises(ValueError, match="at least one report"):
+        combine_reports([])
+
+
+def test_a_report_survives_its_json():
+    combined = combine_reports([synthetic_report({"a": [1.0, 2.0], "b": [2.0, 2.0]}, {"a": 1, "b": 2})] * 2)
+    again = BenchmarkReport.from_dict(json.loads(json.dumps(combined.to_dict())))
+    assert again == combined
+    assert again.comparisons() == combined.comparisons()
+
+
+def test_each_process_runs_the_benchmark_it_was_given(tmp_path):
+    script = load_benchmark_script()
+    argv = ["--size", "tiny", "--batch-size", "3", "--repeats", "4", "--modes", "training", "--control", "--no-timm"]
+    args = script.parse_args([*argv, "--processes", "3"])
+    child = script.parse_args(script.child_arguments(args, tmp_path / "p.json"))
+    for name, value in vars(args).items():
+        expected = {"processes": 1, "output": tmp_path / "p.json"}.get(name, value)
+        assert getattr(child, name) == expected, name
+
+
+def test_processes_run_one_after_another_and_their_report_is_written(tmp_path, capsys):
+    script = load_benchmark_script()
+    output = tmp_path / "combined.json"
+    argv = ["--size", "tiny", "--batch-size", "2", "--repeats", "2", "--warmup", "0", "--modes", "inference"]
+    assert script.main([*argv, "--no-timm", "--no-memory", "--processes", "2", "--output", str(output)]) == 0
+    data = json.loads(output.read_text())
+    assert data["process_rounds"] == [2, 2] and data["repeats"] == 4
+    assert [len(result["samples"]["inference"]) for result in data["results"]] == [4, 4, 4]
+    assert "median of 4 interleaved rounds from 2 processes" in capsys.readouterr().out

@@ -332,6 +332,7 @@ class Comparison:
     ratio: float
     best_round_ratio: float | None
     target: str
+    per_process: list[float] = field(default_factory=list)  # the ratio within each process, when there were several
 
 
 @dataclass
@@ -347,6 +348,15 @@ class BenchmarkReport:
     environment: dict[str, Any]
     results: list[CandidateResult]
     notes: list[str] = field(default_factory=list)
+    # Rounds contributed by each process, in order, when the report combines several (see `combine_reports`).
+    process_rounds: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkReport:
+        """The report `to_dict` wrote (its derived `comparisons` are recomputed, not read)."""
+        fields = {key: value for key, value in data.items() if key != "comparisons"}
+        fields["results"] = [CandidateResult(**result) for result in data["results"]]
+        return cls(**fields)
 
     def result(self, name: str) -> CandidateResult | None:
         return next((r for r in self.results if r.name == name), None)
@@ -366,6 +376,21 @@ class BenchmarkReport:
         if mode not in first.samples or mode not in second.samples:
             return None
         return statistics.median(a / b for a, b in zip(first.samples[mode], second.samples[mode], strict=True))
+
+    def process_ratios(self, name: str, other: str, mode: str) -> list[float]:
+        """The speed ratio within each process of a combined report (empty for a single process)."""
+        first, second = self.result(name), self.result(other)
+        if len(self.process_rounds) < 2 or first is None or second is None:
+            return []
+        if mode not in first.samples or mode not in second.samples:
+            return []
+        ratios, start = [], 0
+        for rounds in self.process_rounds:
+            window = slice(start, start + rounds)
+            pairs = zip(first.samples[mode][window], second.samples[mode][window], strict=True)
+            ratios.append(statistics.median(a / b for a, b in pairs))
+            start += rounds
+        return ratios
 
     def best_round_ratio(self, name: str, other: str, mode: str) -> float | None:
         """`name`'s best round divided by `other`'s: interference only ever slows a round down, so the best rounds
@@ -393,14 +418,18 @@ class BenchmarkReport:
             for first, second, mode, metric, target in checks:
                 value = self.ratio(first, second, mode, metric)
                 if value is not None:
-                    best = self.best_round_ratio(first, second, mode) if metric == "speed" else None
-                    rows.append(Comparison(f"{first} / {second}, {mode} {metric}", value, best, target))
+                    speed = metric == "speed"
+                    best = self.best_round_ratio(first, second, mode) if speed else None
+                    per_process = self.process_ratios(first, second, mode) if speed else []
+                    what = f"{first} / {second}, {mode} {metric}"
+                    rows.append(Comparison(what, value, best, target, per_process))
             for mode in MODES:  # two copies of one model: how far apart identical models measure
-                value = self.ratio(CONTROL + suffix, REFERENCE + suffix, mode)
+                control, reference = CONTROL + suffix, REFERENCE + suffix
+                value = self.ratio(control, reference, mode)
                 if value is not None:
-                    best = self.best_round_ratio(CONTROL + suffix, REFERENCE + suffix, mode)
-                    what = f"noise floor: {CONTROL + suffix} / {REFERENCE + suffix}, {mode} speed"
-                    rows.append(Comparison(what, value, best, ""))
+                    best = self.best_round_ratio(control, reference, mode)
+                    what = f"noise floor: {control} / {reference}, {mode} speed"
+                    rows.append(Comparison(what, value, best, "", self.process_ratios(control, reference, mode)))
         return rows
 
     def format_table(self) -> str:
@@ -435,15 +464,18 @@ class BenchmarkReport:
         lines = []
         for row in self.comparisons():
             best = "" if row.best_round_ratio is None else f" (best rounds {row.best_round_ratio:.3f})"
-            lines.append(f"{row.what}: {row.ratio:.3f}{best}" + (f"  target {row.target}" if row.target else ""))
+            per_process = f" [per process: {', '.join(f'{r:.3f}' for r in row.per_process)}]" if row.per_process else ""
+            target = f"  target {row.target}" if row.target else ""
+            lines.append(f"{row.what}: {row.ratio:.3f}{best}{per_process}{target}")
         return "\n".join(lines)
 
     def format(self) -> str:
         environment = self.environment
+        processes = f" from {len(self.process_rounds)} processes" if len(self.process_rounds) > 1 else ""
         lines = [
             f"size {self.size}: {self.description}",
-            f"batch {self.batch_size}, {self.threads} threads, median of {self.repeats} interleaved rounds of "
-            f"{self.iterations} step(s) after {self.warmup} warm-up step(s); load average before/after: "
+            f"batch {self.batch_size}, {self.threads} threads, median of {self.repeats} interleaved rounds{processes} "
+            f"of {self.iterations} step(s) after {self.warmup} warm-up step(s); load average before/after: "
             f"{environment['load_average_before']} / {environment['load_average_after']}",
             "",
             self.format_table(),
@@ -559,6 +591,59 @@ def run_benchmark(
     )
 
 
+def combine_reports(reports: Sequence[BenchmarkReport]) -> BenchmarkReport:
+    """One report from runs of the same benchmark in separate processes: each candidate's rounds are pooled (a
+    ratio stays paired round by round, within a process) and the peak memory is the largest seen.
+
+    Why: a process can give one candidate a lasting edge that interleaving cannot cancel (where the allocator
+    happens to place its weights and activations): 7% in inference in one of our runs here, the same in every round
+    of that process. Pooling the rounds of several processes keeps one lucky process from deciding a ratio, and
+    `process_ratios` shows how far the processes disagreed."""
+    if not reports:
+        raise ValueError("combine_reports needs at least one report.")
+    first = reports[0]
+    settings = ("size", "batch_size", "threads", "iterations", "warmup", "modes")
+    for report in reports[1:]:
+        for name in settings:
+            if getattr(report, name) != getattr(first, name):
+                raise ValueError(
+                    f"cannot combine reports with {name}={getattr(report, name)!r} and {getattr(first, name)!r}: "
+                    f"combined runs must share {', '.join(settings)}."
+                )
+        names, first_names = [r.name for r in report.results], [r.name for r in first.results]
+        if names != first_names:
+            raise ValueError(f"cannot combine reports of candidates {names} and {first_names}.")
+    results = []
+    for index, template in enumerate(first.results):
+        runs = [report.results[index] for report in reports]
+        samples = {mode: [rate for run in runs for rate in run.samples.get(mode, [])] for mode in template.samples}
+        peaks = {
+            mode: max(run.peak_memory_bytes[mode] for run in runs if mode in run.peak_memory_bytes)
+            for mode in template.peak_memory_bytes
+        }
+        medians = {mode: statistics.median(rates) for mode, rates in samples.items()}
+        results.append(CandidateResult(template.name, template.parameters, medians, samples, peaks, template.reference))
+    environment = {
+        **first.environment,
+        "load_average_before": first.environment.get("load_average_before"),
+        "load_average_after": reports[-1].environment.get("load_average_after"),
+    }
+    return BenchmarkReport(
+        size=first.size,
+        description=first.description,
+        batch_size=first.batch_size,
+        threads=first.threads,
+        repeats=sum(report.repeats for report in reports),
+        iterations=first.iterations,
+        warmup=first.warmup,
+        modes=list(first.modes),
+        environment=environment,
+        results=results,
+        notes=list(dict.fromkeys(note for report in reports for note in report.notes)),
+        process_rounds=[rounds for report in reports for rounds in (report.process_rounds or [report.repeats])],
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # How long a training run waits for its data
 # ---------------------------------------------------------------------------------------------------------------------
@@ -641,6 +726,7 @@ __all__ = [
     "build_lape_vit",
     "build_timm_vit",
     "build_transformers_vit",
+    "combine_reports",
     "interleaved_rates",
     "measure_data_wait",
     "peak_memory_bytes",
