@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.train_arguments = train_arguments
     if train_arguments and not args.data_wait:
         parser.error(f"arguments after '--' ({' '.join(train_arguments)}) are for the training demo: add --data-wait.")
+    if args.data_wait and args.processes > 1:
+        parser.error(f"--processes={args.processes} is for the speed benchmark; --data-wait runs the demo once.")
     for name in ("batch_size", "threads", "processes"):
         value = getattr(args, name)
         if value is not None and value < 1:

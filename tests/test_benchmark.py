@@ -38,6 +38,31 @@ def logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         return model.eval()(pixel_values)
 
 
+def synthetic_report(
+    rounds: dict[str, list[float]], peaks: dict[str, int] | None = None, **settings
+) -> BenchmarkReport:
+    """A training-only report of the given per-round images/s (and peak bytes), one candidate per key."""
+    results = [
+        CandidateResult(
+            name,
+            0,
+            {"training": statistics.median(r)},
+            {"training": r},
+            {"training": peaks[name]} if peaks else {},
+        )
+        for name, r in rounds.items()
+    ]
+    fields = dict(size="tiny", description="", batch_size=1, threads=1, iterations=1, warmup=0)
+    fields.update(settings)
+    return BenchmarkReport(
+        **fields,
+        repeats=len(next(iter(rounds.values()))),
+        modes=["training"],
+        environment={"load_average_before": [0.1], "load_average_after": [2.0]},
+        results=results,
+    )
+
+
 def test_transformers_vit_is_the_add_join_of_the_same_network():
     """LapeViT with the add join, given transformers' ViT weights, computes transformers' logits: same width, depth,
     heads, MLP, qkv bias, LayerNorm eps, activation, class token and PE."""
@@ -167,21 +192,7 @@ def test_smoke_run_reports_every_candidate_and_writes_json(tmp_path, monkeypatch
 
 def test_speed_ratios_pair_the_candidates_round_by_round():
     """A slow spell of the machine in one round must not move a ratio: each round's ratio is taken, then the median."""
-    report = BenchmarkReport(
-        size="tiny",
-        description="",
-        batch_size=1,
-        threads=1,
-        repeats=3,
-        iterations=1,
-        warmup=0,
-        modes=["training"],
-        environment={},
-        results=[
-            CandidateResult("a", 0, {"training": 20.0}, {"training": [10.0, 20.0, 30.0]}),
-            CandidateResult("b", 0, {"training": 15.0}, {"training": [5.0, 40.0, 15.0]}),
-        ],
-    )
+    report = synthetic_report({"a": [10.0, 20.0, 30.0], "b": [5.0, 40.0, 15.0]})
     assert report.ratio("a", "b", "training") == 2.0  # rounds: 2, 0.5, 2 (the ratio of the medians is 4/3)
     assert report.best_round_ratio("a", "b", "training") == 30.0 / 40.0
     assert report.ratio("a", "b", "inference") is None
@@ -189,23 +200,7 @@ def test_speed_ratios_pair_the_candidates_round_by_round():
 
 
 def test_the_control_is_reported_as_the_noise_floor_without_a_target():
-    rounds = {"training": [10.0, 20.0, 30.0]}
-    control_rounds = {"training": [11.0, 19.0, 33.0]}
-    report = BenchmarkReport(
-        size="tiny",
-        description="",
-        batch_size=1,
-        threads=1,
-        repeats=3,
-        iterations=1,
-        warmup=0,
-        modes=["training"],
-        environment={},
-        results=[
-            CandidateResult("transformers-vit", 0, {"training": 20.0}, rounds),
-            CandidateResult("transformers-vit#2", 0, {"training": 19.0}, control_rounds),
-        ],
-    )
+    report = synthetic_report({"transformers-vit": [10.0, 20.0, 30.0], "transformers-vit#2": [11.0, 19.0, 33.0]})
     (row,) = [row for row in report.comparisons() if row.what.startswith("noise floor")]
     assert row.what == "noise floor: transformers-vit#2 / transformers-vit, training speed"
     assert row.ratio == pytest.approx(1.1)  # rounds: 1.1, 0.95, 1.1
@@ -271,23 +266,6 @@ def test_readme_benchmark_commands_parse():
         assert args.size in benchmark.BENCHMARK_SIZES
 
 
-def synthetic_report(rounds: dict[str, list[float]], peaks: dict[str, int], **settings) -> BenchmarkReport:
-    """A training-only report of the given per-round images/s and peak bytes, one candidate per key."""
-    results = [
-        CandidateResult(name, 0, {"training": statistics.median(r)}, {"training": r}, {"training": peaks[name]})
-        for name, r in rounds.items()
-    ]
-    fields = dict(size="tiny", description="", batch_size=1, threads=1, iterations=1, warmup=0)
-    fields.update(settings)
-    return BenchmarkReport(
-        **fields,
-        repeats=len(next(iter(rounds.values()))),
-        modes=["training"],
-        environment={"load_average_before": [0.1], "load_average_after": [2.0]},
-        results=results,
-    )
-
-
 def test_processes_are_combined_by_pooling_their_rounds():
     """A process that favours one candidate throughout (here "b", 10% faster in all its rounds) is one voice among
     several: rounds stay paired within their process, the median runs over all of them, the per-process ratios show
@@ -343,3 +321,17 @@ def test_processes_run_one_after_another_and_their_report_is_written(tmp_path, c
     assert data["process_rounds"] == [2, 2] and data["repeats"] == 4
     assert [len(result["samples"]["inference"]) for result in data["results"]] == [4, 4, 4]
     assert "median of 4 interleaved rounds from 2 processes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--processes", "0"], "--processes=0 must be at least 1"),
+        (["--data-wait", "--processes", "2"], "--processes=2 is for the speed benchmark"),
+        (["--", "--output_dir", "x"], "are for the training demo: add --data-wait"),
+    ],
+)
+def test_the_script_refuses_contradictory_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        load_benchmark_script().parse_args(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
