@@ -23,6 +23,17 @@ TINY = dict(
 )
 
 
+# A tiny Compact-Transformer-style model: two-layer convolutional tokenizer, sequence pooling, post-attention norm.
+TINY_CCT = dict(
+    tokenizer_type="conv",
+    conv_num_layers=2,
+    conv_intermediate_channels=8,
+    pooler_type="sequence",
+    encoder_layer_form="post_attention_norm",
+    position_embedding_type="sinusoidal_2d",
+)
+
+
 def tiny_config(**overrides) -> LapeViTConfig:
     return LapeViTConfig(**{**TINY, **overrides})
 

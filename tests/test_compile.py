@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import randomize_, tiny_config
+from conftest import TINY_CCT, randomize_, tiny_config
 
 from lape_hf import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
 
@@ -25,14 +25,7 @@ JOIN_AND_PE = [
 STRUCTURES = [
     dict(relative_position_bias="plain", pe_join="add"),
     dict(relative_position_bias="lape", pe_join="lape"),
-    dict(
-        tokenizer_type="conv",
-        conv_num_layers=2,
-        conv_intermediate_channels=8,
-        pooler_type="sequence",
-        encoder_layer_form="post_attention_norm",
-        position_embedding_type="sinusoidal_2d",
-    ),
+    TINY_CCT,
     dict(pooler_type="mean", pe_join="lape_shared"),
 ]
 # The paper's method, and one model that exercises every optional module at once.

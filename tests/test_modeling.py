@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import randomize_, reference_sinusoidal_1d, reference_sinusoidal_2d, tiny_config
+from conftest import TINY_CCT, randomize_, reference_sinusoidal_1d, reference_sinusoidal_2d, tiny_config
 
 from lape_hf import LapeViTConfig, LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher, LapeViTModel
 
@@ -165,14 +165,7 @@ def test_every_join_and_pe_type_matches_the_formulas(pe_join, position_embedding
     [
         dict(pooler_type="mean"),
         dict(pooler_type="sequence", encoder_layer_form="post_attention_norm"),
-        dict(
-            tokenizer_type="conv",
-            conv_num_layers=2,
-            conv_intermediate_channels=8,
-            pooler_type="sequence",
-            encoder_layer_form="post_attention_norm",
-            position_embedding_type="sinusoidal_2d",
-        ),
+        TINY_CCT,
         dict(relative_position_bias="plain"),
         dict(relative_position_bias="lape", pe_join="lape", position_embedding_type="learnable"),
         dict(relative_position_bias="lape", position_embedding_type="none"),
