@@ -6,16 +6,11 @@
     python scripts/benchmark.py --size tiny --repeats 3  # a quick smoke run
     python scripts/benchmark.py --compile                # also torch.compile'd copies of every model
     python scripts/benchmark.py --processes 3            # three fresh processes in turn, their rounds pooled
-    python scripts/benchmark.py --data-wait -- --output_dir outputs/demo-timed   # the training demo's data waits
 
 Prints a Markdown table (absolute figures and ratios against transformers' ViT) and the LaPE cost ratios, and writes
 everything, every round included, to JSON (default outputs/benchmark/<size>.json). timm's ViT needs the `bench`
 extra (pip install -e ".[bench]"); without it that row is skipped with a note. How memory is measured on CPU and
 how the rounds are interleaved: see `lape_hf.benchmark`.
-
-`--data-wait` measures something else: it runs the README's training demo (`scripts/train.py --demo`, followed by
-any arguments after `--`) in this process and reports the share of `Trainer.train`'s wall time spent waiting for
-batches from the DataLoader.
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import runpy
 import subprocess
 import sys
 import tempfile
@@ -37,11 +31,8 @@ from lape_hf.benchmark import (  # noqa: E402
     MODES,
     BenchmarkReport,
     combine_reports,
-    measure_data_wait,
     run_benchmark,
 )
-
-TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,41 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the whole benchmark in this many fresh processes, one after another, and pool their rounds",
     )
     parser.add_argument("--output", type=Path, help="JSON file (default outputs/benchmark/<size>[-compile].json)")
-    parser.add_argument(
-        "--data-wait", action="store_true", help="time the data waits of scripts/train.py --demo [-- its arguments]"
-    )
-    argv = list(sys.argv[1:] if argv is None else argv)
-    train_arguments = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    args.train_arguments = train_arguments
-    if train_arguments and not args.data_wait:
-        parser.error(f"arguments after '--' ({' '.join(train_arguments)}) are for the training demo: add --data-wait.")
-    if args.data_wait and args.processes > 1:
-        parser.error(f"--processes={args.processes} is for the speed benchmark; --data-wait runs the demo once.")
+    args = parser.parse_args(argv)
     for name in ("batch_size", "threads", "processes"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}={value} must be at least 1.")
     return args
-
-
-def time_training_demo(train_arguments: list[str]) -> int:
-    """Run `scripts/train.py --demo ...` here, as the README's command does, with the DataLoader's waits timed."""
-
-    def train() -> None:
-        saved_argv = sys.argv
-        sys.argv = [str(TRAIN_SCRIPT), "--demo", *train_arguments]
-        try:
-            runpy.run_path(str(TRAIN_SCRIPT), run_name="__main__")
-        except SystemExit as exit:
-            if exit.code not in (0, None):
-                raise
-        finally:
-            sys.argv = saved_argv
-
-    report = measure_data_wait(train)
-    print(f"\ndata wait of scripts/train.py --demo {' '.join(train_arguments)}: {report.format()}")
-    return 0
 
 
 def child_arguments(args: argparse.Namespace, output: Path) -> list[str]:
@@ -131,8 +93,6 @@ def run_in_processes(args: argparse.Namespace) -> BenchmarkReport:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.data_wait:
-        return time_training_demo(args.train_arguments)
     if args.processes > 1:
         try:
             report = run_in_processes(args)

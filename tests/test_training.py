@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import evaluate
@@ -315,6 +316,44 @@ def test_weight_decay_spares_position_embeddings_tokens_norms_and_biases(tmp_pat
         *[name for name in names if name.endswith("relative_position_bias.table")],
     }
     assert "classifier.weight" in decayed and "lape_vit.encoder.layers.1.attention.qkv.weight" in decayed
+
+
+class SlowDataset(torch.utils.data.Dataset):
+    """Every item takes `delay` seconds to load: with no workers, the training loop waits that long for it."""
+
+    def __init__(self, count: int, delay: float):
+        self.count, self.delay = count, delay
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict:
+        time.sleep(self.delay)
+        return {"pixel_values": torch.randn(3, 32, 32), "labels": index % 5}
+
+
+def test_the_trainer_counts_the_time_spent_waiting_for_batches(tmp_path):
+    """3 steps of 2 items at 50 ms each: at least 0.3 s of waiting (accelerate may fetch one batch ahead: 0.4 s), and
+    the model's own compute is not counted."""
+    args = LapeTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        dataloader_num_workers=0,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    trainer = LapeTrainer(
+        model=LapeViTForImageClassification(tiny_config()), args=args, train_dataset=SlowDataset(8, 0.05)
+    )
+    start = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - start
+    assert 0.3 <= trainer.data_wait_seconds < elapsed
+    assert trainer.data_wait_seconds < 0.4 + 0.25  # the next batch at most, plus scheduling slack
 
 
 def test_the_loss_takes_class_indices_and_mixed_soft_targets_with_label_smoothing():

@@ -644,74 +644,6 @@ def combine_reports(reports: Sequence[BenchmarkReport]) -> BenchmarkReport:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# How long a training run waits for its data
-# ---------------------------------------------------------------------------------------------------------------------
-@dataclass
-class DataWaitReport:
-    """Where a training run's time went: the main process blocked in `DataLoader.__next__` (waiting for a batch,
-    or building it when there are no workers) against the wall time, inside `Trainer.train` and over the whole run."""
-
-    run_seconds: float
-    train_seconds: float
-    train_wait_seconds: float
-    train_batches: int
-    other_wait_seconds: float
-
-    @property
-    def train_wait_share(self) -> float:
-        return self.train_wait_seconds / self.train_seconds if self.train_seconds else 0.0
-
-    def format(self) -> str:
-        return (
-            f"Trainer.train: {self.train_seconds:.1f} s, of which {self.train_wait_seconds:.1f} s "
-            f"({100 * self.train_wait_share:.1f}%) waiting for {self.train_batches} batches; whole run "
-            f"{self.run_seconds:.1f} s (evaluation and prediction waited {self.other_wait_seconds:.1f} s more)"
-        )
-
-
-def measure_data_wait(run: Callable[[], Any]) -> DataWaitReport:
-    """Run `run` (e.g. a training script) with every DataLoader iterator's `__next__` and `Trainer.train` timed."""
-    from unittest import mock
-
-    from torch.utils.data.dataloader import _BaseDataLoaderIter
-    from transformers import Trainer
-
-    next_batch, train = _BaseDataLoaderIter.__next__, Trainer.train
-    totals = {"train": 0.0, "train_wait": 0.0, "train_batches": 0, "other_wait": 0.0, "in_train": False}
-
-    def timed_next(iterator: _BaseDataLoaderIter) -> Any:
-        start = time.perf_counter()
-        try:
-            batch = next_batch(iterator)
-        finally:  # the wait that ends an epoch (StopIteration) counts too
-            totals["train_wait" if totals["in_train"] else "other_wait"] += time.perf_counter() - start
-        totals["train_batches"] += totals["in_train"]
-        return batch
-
-    def timed_train(trainer: Trainer, *args: Any, **kwargs: Any) -> Any:
-        totals["in_train"], start = True, time.perf_counter()
-        try:
-            return train(trainer, *args, **kwargs)
-        finally:
-            totals["train"] += time.perf_counter() - start
-            totals["in_train"] = False
-
-    start = time.perf_counter()
-    with (
-        mock.patch.object(_BaseDataLoaderIter, "__next__", timed_next),
-        mock.patch.object(Trainer, "train", timed_train),
-    ):
-        run()
-    return DataWaitReport(
-        run_seconds=time.perf_counter() - start,
-        train_seconds=totals["train"],
-        train_wait_seconds=totals["train_wait"],
-        train_batches=int(totals["train_batches"]),
-        other_wait_seconds=totals["other_wait"],
-    )
-
-
 __all__ = [
     "BENCHMARK_SIZES",
     "CONTROL",
@@ -720,7 +652,6 @@ __all__ = [
     "Candidate",
     "CandidateResult",
     "Comparison",
-    "DataWaitReport",
     "benchmark_config",
     "build_candidates",
     "build_lape_vit",
@@ -728,7 +659,6 @@ __all__ = [
     "build_transformers_vit",
     "combine_reports",
     "interleaved_rates",
-    "measure_data_wait",
     "peak_memory_bytes",
     "run_benchmark",
     "step_peak_bytes",
