@@ -4,6 +4,7 @@ reproducible augmentation; the two-process accelerate run and the README demo ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -189,6 +190,8 @@ def test_results_json_follows_the_contract(folder_run):
     assert TRAINING_KEYS <= set(training) and ("warmup_ratio" in training or "warmup_steps" in training)
     assert (training["epochs"], training["per_device_train_batch_size"], training["num_processes"]) == (12.0, 8, 1)
     assert (training["mixup"], training["cutmix"], training["rand_augment"]) == (0.0, 0.0, False)
+    # Every augmentation setting is recorded, the flip resolved for the data (on: an image folder is not digits).
+    assert set(dataclasses.asdict(AugmentationArguments())) <= set(training) and training["horizontal_flip"] is True
     assert on_disk["config"]["hidden_size"] == 32 and on_disk["config"]["image_size"] == 16
     assert {"lape_hf", "transformers", "torch", "torchvision", "datasets", "accelerate"} == set(on_disk["versions"])
     assert on_disk["wall_time_seconds"] > 0

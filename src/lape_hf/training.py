@@ -433,12 +433,13 @@ def load_accuracy_metric() -> evaluate.EvaluationModule:
     return evaluate.load(str(METRIC_PATH), keep_in_memory=True)
 
 
-def build_compute_metrics(top_k: int = 5):
+def build_compute_metrics():
+    """Top-1 and top-5 accuracy (the report and the model card read `eval_top5_accuracy`)."""
     metric = load_accuracy_metric()
 
     def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        return metric.compute(predictions=logits, references=prediction.label_ids, k=top_k)
+        return metric.compute(predictions=logits, references=prediction.label_ids, k=5)
 
     return compute_metrics
 
@@ -472,12 +473,8 @@ def _training_record(args: LapeTrainingArguments, augmentation: AugmentationArgu
         **warmup,
         "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
         "seed": args.seed,
-        "mixup": augmentation.mixup,
-        "cutmix": augmentation.cutmix,
-        "rand_augment": augmentation.rand_augment,
-        "random_erasing": augmentation.random_erasing,
-        "random_resized_crop": augmentation.random_resized_crop,
-        "crop_scale_min": augmentation.crop_scale_min,
+        "data_seed": args.data_seed,
+        **dataclasses.asdict(augmentation),  # every augmentation setting, horizontal_flip resolved for the data
         "num_processes": num_processes,
     }
 
@@ -581,12 +578,11 @@ def run_training(
             preprocessing_num_workers=data_args.preprocessing_num_workers,
             seed=training_args.seed,
         )
-    horizontal_flip = augmentation.horizontal_flip
-    if horizontal_flip is None:
-        horizontal_flip = data.dataset_name != DIGITS_DATASET_NAME
+    if augmentation.horizontal_flip is None:  # digits are not mirror-symmetric; natural images are
+        augmentation = dataclasses.replace(augmentation, horizontal_flip=data.dataset_name != DIGITS_DATASET_NAME)
     train_dataset = ImageClassificationDataset(
         data.train,
-        build_train_transform(augmentation, image_processor, horizontal_flip),
+        build_train_transform(augmentation, image_processor, augmentation.horizontal_flip),
         seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
     )
     eval_dataset = ImageClassificationDataset(data.eval)
