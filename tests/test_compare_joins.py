@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from lape_hf.experiments import CompareArguments, format_table, plan_runs
+from lape_hf.experiments import CompareArguments, format_table, plan_runs, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = (
@@ -139,3 +139,30 @@ def test_bad_comparisons_fail_early():
         CompareArguments(pe_joins=["unshare"], position_embedding_types=["sinusoidal_1d"])
     with pytest.raises(ValueError, match="recipe='paper'"):
         CompareArguments(recipe="paper")
+
+
+def test_the_summary_pairs_runs_by_seed_and_uses_the_sample_std(tmp_path):
+    """Synthetic results with different accuracies per seed, so that a population std, unpaired differences or
+    swapped seeds would all give other numbers."""
+    compare = CompareArguments(pe_joins=["add", "lape"], seeds=[3, 5, 8], output_root=str(tmp_path))
+    accuracies = {"add": [0.5, 0.7, 0.6], "lape": [0.6, 0.9, 0.65]}
+
+    def result(join: str, seed: int) -> dict:
+        return {
+            "metrics": {"eval_accuracy": accuracies[join][compare.seeds.index(seed)]},
+            "wall_time_seconds": 10.0 * seed,
+            "dataset": {"name": "toy"},
+            "training": {"seed": seed, "learning_rate": 1e-3},
+            "config": {"pe_join": join, "position_embedding_type": "learnable", "hidden_size": 32},
+            "versions": {},
+        }
+
+    results = {("learnable", join, seed): result(join, seed) for join in ("add", "lape") for seed in compare.seeds}
+    add, lape = summarize(compare, results)["rows"]
+    assert (add["accuracies"], lape["accuracies"]) == (accuracies["add"], accuracies["lape"])
+    assert lape["mean_accuracy"] == pytest.approx(np.mean(accuracies["lape"]))
+    assert lape["std_accuracy"] == pytest.approx(np.std(accuracies["lape"], ddof=1))
+    assert lape["mean_wall_time_seconds"] == pytest.approx(160 / 3)
+    differences = [0.1, 0.2, 0.05]  # lape - add, seed by seed
+    assert lape["mean_difference_vs_add"] == pytest.approx(np.mean(differences))
+    assert lape["std_difference_vs_add"] == pytest.approx(np.std(differences, ddof=1))

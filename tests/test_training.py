@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from conftest import tiny_config
 from datasets import Array3D, ClassLabel, Dataset, Features
 from safetensors.torch import load_file
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, TrainerCallback
 
 from lape_hf import LapeViTForImageClassification
 from lape_hf.image_processing import build_image_processor
@@ -258,9 +258,12 @@ def test_fine_tuning_a_checkpoint_on_a_new_label_set(folder_run, tmp_path):
     tuned = load_file(tmp_path / "tuned" / "model.safetensors")
     original = load_file(checkpoint / "model.safetensors")
     assert tuned["classifier.weight"].shape == (2, 32)
-    # The encoder starts from the checkpoint: two small steps move it only slightly.
-    name = "lape_vit.embeddings.position_embedding.position_embeddings"
-    assert (tuned[name] - original[name]).abs().max() < 0.05
+    # The encoder starts from the checkpoint: two small steps move every weight by < 5e-3 (measured: ~5e-4), where a
+    # freshly initialised model would differ by ~0.04 in the position embeddings alone.
+    shared = [name for name in original if name in tuned and not name.startswith("classifier")]
+    assert "lape_vit.embeddings.position_embedding.position_embeddings" in shared
+    for name in shared:
+        assert (tuned[name] - original[name]).abs().max() < 5e-3, name
 
 
 def test_resuming_mid_epoch_gives_the_uninterrupted_run(pattern_folders, tmp_path):
@@ -335,9 +338,19 @@ class SlowDataset(torch.utils.data.Dataset):
         return {"pixel_values": torch.randn(3, 32, 32), "labels": index % 5}
 
 
+class SlowStep(TrainerCallback):
+    """Every optimizer step ends with `delay` seconds of work that is not waiting for data."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.delay)
+
+
 def test_the_trainer_counts_the_time_spent_waiting_for_batches(tmp_path):
-    """3 steps of 2 items at 50 ms each: at least 0.3 s of waiting (accelerate may fetch one batch ahead: 0.4 s), and
-    the model's own compute is not counted."""
+    """3 steps of 2 items at 50 ms each: at least 0.3 s of waiting (accelerate may fetch one batch ahead: 0.4 s),
+    while the 0.2 s of other work after each step is not counted."""
     args = LapeTrainingArguments(
         output_dir=str(tmp_path),
         max_steps=3,
@@ -350,13 +363,16 @@ def test_the_trainer_counts_the_time_spent_waiting_for_batches(tmp_path):
         use_cpu=True,
     )
     trainer = LapeTrainer(
-        model=LapeViTForImageClassification(tiny_config()), args=args, train_dataset=SlowDataset(8, 0.05)
+        model=LapeViTForImageClassification(tiny_config()),
+        args=args,
+        train_dataset=SlowDataset(8, 0.05),
+        callbacks=[SlowStep(0.2)],
     )
     start = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - start
-    assert 0.3 <= trainer.data_wait_seconds < elapsed
-    assert trainer.data_wait_seconds < 0.4 + 0.25  # the next batch at most, plus scheduling slack
+    assert 0.3 <= trainer.data_wait_seconds < 0.4 + 0.25  # the next batch at most, plus scheduling slack
+    assert elapsed - trainer.data_wait_seconds >= 3 * 0.2
 
 
 def test_the_loss_takes_class_indices_and_mixed_soft_targets_with_label_smoothing():
