@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         parse_file = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         arguments = parse_file(argv[0])
+        if arguments[-1].demo:
+            raise SystemExit(
+                f"error: {argv[0]} sets demo: true; the demo recipe applies to command lines (--demo). Put the "
+                "recipe's arguments (lape_hf.training.DEMO_ARGS) in the file instead."
+            )
     else:
-        if "--demo" in argv:
-            argv = DEMO_ARGS + argv  # the demo recipe first: arguments given on the command line win
         arguments = parser.parse_args_into_dataclasses(args=argv)
+        if arguments[-1].demo:  # the demo recipe first: arguments given on the command line win
+            arguments = parser.parse_args_into_dataclasses(args=DEMO_ARGS + argv)
     model_args, data_args, augmentation_args, training_args, run_args = arguments
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("lape_hf").setLevel(logging.INFO)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -27,7 +28,6 @@ from lape_hf import LapeViTForImageClassification
 from lape_hf.image_processing import build_image_processor
 from lape_hf.training import (
     ARGUMENT_CLASSES,
-    DEMO_ARGS,
     METRIC_PATH,
     LapeTrainer,
     LapeTrainingArguments,
@@ -503,10 +503,38 @@ def test_resume_from_last_finds_the_newest_checkpoint(tmp_path):
         _resolve_checkpoint(LapeTrainingArguments(output_dir="x", resume_from_checkpoint=str(tmp_path / "missing")))
 
 
-def test_demo_arguments_parse_and_later_arguments_win():
-    model_args, _, augmentation, training_args, run_args = parse(*DEMO_ARGS, "--demo", "--num_train_epochs=2")
-    assert training_args.num_train_epochs == 2 and run_args.demo and run_args.classify_examples > 0
+def train_script_parse(monkeypatch, *argv: str) -> tuple:
+    """The dataclasses scripts/train.py's main hands to run_training for `argv` (training itself is not run)."""
+    main = runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
+
+    class Parsed(Exception):
+        pass
+
+    def fake_run_training(*arguments):
+        raise Parsed(arguments)
+
+    monkeypatch.setitem(main.__globals__, "run_training", fake_run_training)
+    with pytest.raises(Parsed) as parsed:
+        main(list(argv))
+    return parsed.value.args[0]
+
+
+@pytest.mark.parametrize("flag", ["--demo", "--demo=true"])
+def test_the_demo_recipe_comes_first_and_the_command_line_wins(monkeypatch, tmp_path, flag):
+    model_args, _, augmentation, training_args, run_args = train_script_parse(
+        monkeypatch, flag, "--num_train_epochs=2", f"--output_dir={tmp_path}"
+    )
+    assert (training_args.num_train_epochs, training_args.output_dir) == (2, str(tmp_path))
+    assert run_args.demo and run_args.classify_examples == 8 and training_args.learning_rate == 1e-3
     assert model_args.pe_join == "lape" and augmentation.horizontal_flip is None
+
+
+def test_an_arguments_file_asking_for_the_demo_is_refused(monkeypatch, tmp_path):
+    arguments_file = tmp_path / "args.json"
+    arguments_file.write_text(json.dumps({"demo": True, "output_dir": str(tmp_path)}))
+    main = runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
+    with pytest.raises(SystemExit, match="sets demo: true; the demo recipe applies to command lines"):
+        main([str(arguments_file)])
 
 
 def run_script(*command: str, timeout: int) -> subprocess.CompletedProcess:
