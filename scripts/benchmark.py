@@ -10,7 +10,7 @@
 Prints a Markdown table (absolute figures and ratios against transformers' ViT) and the LaPE cost ratios, and writes
 everything, every round included, to JSON (default outputs/benchmark/<size>.json). timm's ViT needs the `bench`
 extra (pip install -e ".[bench]"); without it that row is skipped with a note. How memory is measured on CPU and
-how the rounds are interleaved: see `lape_hf.benchmark`.
+how the rounds are interleaved: see `lape_hf.tools.benchmark`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 # The profiler behind the memory figures (Kineto) prints start/stop lines for every measured step below level 6.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-from lape_hf.benchmark import (  # noqa: E402
+from lape_hf.tools.benchmark import (  # noqa: E402
     BENCHMARK_SIZES,
     MODES,
     BenchmarkReport,
@@ -80,7 +80,7 @@ def child_arguments(args: argparse.Namespace, output: Path) -> list[str]:
 
 def run_in_processes(args: argparse.Namespace) -> BenchmarkReport:
     """The benchmark in `args.processes` fresh processes, one after another (never side by side: they would share
-    the cores), combined by `lape_hf.benchmark.combine_reports`."""
+    the cores), combined by `lape_hf.tools.benchmark.combine_reports`."""
     reports = []
     with tempfile.TemporaryDirectory() as directory:
         for index in range(args.processes):

@@ -18,8 +18,8 @@ import sys
 
 from transformers import HfArgumentParser
 
-from lape_hf.experiments import CompareArguments, compare_joins, format_table, summary_paths
 from lape_hf.training import DEMO_ARGS
+from lape_hf.training.experiments import CompareArguments, compare_joins, format_table, summary_paths
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lape_hf.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES, PRESETS
 from lape_hf.conversion import SOURCES, CheckpointConversionError, convert_checkpoint
+from lape_hf.models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES, PRESETS
 
 
 def _field_value(text: str) -> tuple[str, Any]:

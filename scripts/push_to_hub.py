@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lape_hf  # noqa: F401  (registers LapeViT with the Auto classes)
 from lape_hf.hub import ModelDirectoryError, PublishError, prepare_upload, upload
-from lape_hf.model_card import CardSource, CardSourceError
+from lape_hf.hub.model_card import CardSource, CardSourceError
 
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 

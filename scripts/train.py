@@ -19,7 +19,8 @@ import sys
 from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
-from lape_hf.training import ARGUMENT_CLASSES, DEMO_ARGS, format_report, run_training
+from lape_hf.training import ARGUMENT_CLASSES, DEMO_ARGS, run_training
+from lape_hf.training.results import format_report
 
 
 def main(argv: list[str] | None = None) -> int:

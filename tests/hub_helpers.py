@@ -18,7 +18,7 @@ from huggingface_hub import constants
 
 import lape_hf
 from lape_hf import LapeViTForImageClassification, LapeViTPreTrainedModel
-from lape_hf.image_processing import build_image_processor
+from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
 
 LABELS = ("cat", "dog", "bird")
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"

@@ -21,7 +21,7 @@ from lape_hf import (
     LapeViTForImageClassificationWithTeacher,
     LapeViTModel,
 )
-from lape_hf.image_processing import build_image_processor
+from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
 
 # Runs where `import lape_hf` raises (hub_helpers.run_without_lape_hf): the model can only come from the code files.
 REMOTE_CODE_LOADING = textwrap.dedent(

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from lape_hf import LapeViTForImageClassification, benchmark
-from lape_hf.benchmark import (
+from lape_hf.conversion import convert_timm_state_dict, convert_transformers_model
+from lape_hf.tools.benchmark import (
     BenchmarkReport,
     Candidate,
     CandidateResult,
@@ -28,7 +29,6 @@ from lape_hf.benchmark import (
     run_benchmark,
     step_peak_bytes,
 )
-from lape_hf.conversion import convert_timm_state_dict, convert_transformers_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

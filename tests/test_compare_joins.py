@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from lape_hf.experiments import CompareArguments, format_table, plan_runs, summarize
+from lape_hf.training.experiments import CompareArguments, format_table, plan_runs, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = (

@@ -15,15 +15,15 @@ from conftest import tiny_config
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from sklearn.datasets import load_digits
 
-from lape_hf.data import (
+from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
+from lape_hf.training.data import (
     DIGITS_DATASET_NAME,
     label_names_of,
     load_digits_dataset,
     load_raw_splits,
     prepare_splits,
 )
-from lape_hf.image_processing import build_image_processor
-from lape_hf.transforms import normalize_transform
+from lape_hf.training.transforms import normalize_transform
 
 
 def processor(image_size: int = 16):
@@ -123,7 +123,7 @@ def test_a_corrupt_image_is_an_error_naming_its_path(folder_with_a_corrupt_file)
 def test_a_corrupt_image_can_be_skipped_with_a_warning(folder_with_a_corrupt_file, caplog):
     root, corrupt = folder_with_a_corrupt_file
     raw, name = load_raw_splits(train_dir=str(root), validation_dir=str(root))
-    with caplog.at_level(logging.WARNING, logger="lape_hf.data"):
+    with caplog.at_level(logging.WARNING, logger="lape_hf.training.data"):
         data = prepare_splits(raw, name, processor(16), skip_corrupt_images=True)
     assert len(raw["train"]) == 4 and len(data.train) == 3 and len(data.eval) == 3
     assert str(corrupt) in caplog.text and "Skipping 1 image" in caplog.text

@@ -16,7 +16,8 @@ from huggingface_hub import ModelCard, constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file, save_file
 
-from lape_hf import LapeViTForImageClassification, hub
+from lape_hf import LapeViTForImageClassification
+from lape_hf.hub import publish
 from lape_hf.hub import (
     ModelDirectoryError,
     PublishError,
@@ -25,7 +26,7 @@ from lape_hf.hub import (
     prepare_upload,
     upload,
 )
-from lape_hf.image_processing import build_image_processor
+from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
 
 REPO_ID = "lape-test/tiny-digits"
 MODEL_FILES = {
@@ -91,7 +92,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[RecordingHubApi]:
         created.append(RecordingHubApi())
         return created[-1]
 
-    monkeypatch.setattr(hub, "HfApi", make_api)
+    monkeypatch.setattr(publish, "HfApi", make_api)
     monkeypatch.setenv("HF_TOKEN", SECRET_TOKEN)
     return created
 
@@ -180,7 +181,9 @@ def _wrong_size_processor(path: Path) -> None:
 
 def _remote_code_imports_lape_hf(path: Path) -> None:
     code = (path / "modeling_lape_vit.py").read_text()
-    (path / "modeling_lape_vit.py").write_text("from lape_hf.image_processing import build_image_processor\n" + code)
+    (path / "modeling_lape_vit.py").write_text(
+        "from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor\n" + code
+    )
 
 
 REFUSALS = {
@@ -314,7 +317,7 @@ def test_the_script_reports_a_failed_upload_without_printing_the_token(
         fake_hub.append(RecordingHubApi(fail_on="create_repo"))
         return fake_hub[-1]
 
-    monkeypatch.setattr(hub, "HfApi", refusing_api)
+    monkeypatch.setattr(publish, "HfApi", refusing_api)
     status = push_to_hub([str(model_dir), "--repo_id", REPO_ID])
     output = capsys.readouterr()
     assert status == 1
@@ -339,7 +342,7 @@ def test_without_a_token_nothing_is_attempted(model_dir: Path, monkeypatch: pyte
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(hub, "HfApi", lambda *a, **k: pytest.fail("no Hub client without a token"))
+    monkeypatch.setattr(publish, "HfApi", lambda *a, **k: pytest.fail("no Hub client without a token"))
     plan = prepare_upload(model_dir, REPO_ID, template_path=TEMPLATE)
     with pytest.raises(PublishError, match="set the HF_TOKEN environment variable or run `hf auth login`"):
         upload(plan)

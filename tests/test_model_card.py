@@ -19,7 +19,7 @@ from transformers import ViTImageProcessor
 
 from lape_hf import LapeViTConfig, LapeViTForImageClassification
 from lape_hf.hub import install_in_hub_cache, prepare_upload
-from lape_hf.model_card import CardSource, CardSourceError, build_card_data, usage_code_blocks
+from lape_hf.hub.model_card import CardSource, CardSourceError, build_card_data, usage_code_blocks
 
 REPO_ID = "lape-test/card-model"
 MODEL_CARDS = TEMPLATE.parent

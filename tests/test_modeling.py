@@ -331,11 +331,11 @@ def test_preset_tokenizers_and_poolers_make_the_expected_shapes(preset):
     height, width = config.image_size_2d
     with torch.no_grad():
         tokens, grid = embeddings.tokenizer(torch.randn(2, 3, height, width))
-        stream, position_embeddings, _ = embeddings(torch.randn(2, 3, height, width))
+        encoder_input, position_stream, _ = embeddings(torch.randn(2, 3, height, width))
     assert grid == config.token_grid_size()
     assert tokens.shape == (2, grid[0] * grid[1], config.hidden_size)
-    assert stream.shape == (2, config.num_tokens, config.hidden_size)
-    assert position_embeddings.shape == (1, config.num_tokens, config.hidden_size)
+    assert encoder_input.shape == (2, config.num_tokens, config.hidden_size)
+    assert position_stream.tables.shape == (1, config.num_tokens, config.hidden_size)
 
 
 def test_sequence_pooling_is_a_softmax_weighted_sum_over_tokens():

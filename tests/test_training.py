@@ -25,21 +25,21 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, TrainerCallback
 
 from lape_hf import LapeViTForImageClassification
-from lape_hf.image_processing import build_image_processor
+from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
 from lape_hf.training import (
     ARGUMENT_CLASSES,
-    METRIC_PATH,
     LapeTrainer,
     LapeTrainingArguments,
     ModelArguments,
-    _resolve_checkpoint,
     classification_loss,
     classify_images,
     load_accuracy_metric,
     parse_config_overrides,
     run_training,
 )
-from lape_hf.transforms import (
+from lape_hf.training.run import _resolve_checkpoint
+from lape_hf.training.trainer import METRIC_PATH
+from lape_hf.training.transforms import (
     AugmentationArguments,
     EpochCallback,
     ImageClassificationCollator,

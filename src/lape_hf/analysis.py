@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
-from .configuration_lape_vit import LapeViTConfig
+from .models.lape_vit.configuration_lape_vit import LapeViTConfig
 
 # Figure geometry (inches): every panel is square, plus room for the row titles and the shared colour bar.
 PANEL_INCHES = 1.6

@@ -25,9 +25,9 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.utils import logging
 
-from ..configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
-from ..image_processing import build_image_processor
-from ..modeling_lape_vit import LapeViTPreTrainedModel
+from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
+from ..models.lape_vit.image_processing_lape_vit import build_image_processor
+from ..models.lape_vit.modeling_lape_vit import LapeViTPreTrainedModel
 from .compact_transformers import convert_cct_state_dict
 from .core import CheckpointConversionError, check_choice, check_override_names, check_preset_name
 from .finetune import LAPE_JOINS, init_lape_from_add

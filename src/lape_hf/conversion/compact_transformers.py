@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..configuration_lape_vit import POSITION_EMBEDDING_TYPES
-from ..modeling_lape_vit import LapeViTForImageClassification
+from ..models.lape_vit.configuration_lape_vit import POSITION_EMBEDDING_TYPES
+from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification
 from .core import (
     Check,
     CheckpointConversionError,

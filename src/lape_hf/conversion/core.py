@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
-from ..configuration_lape_vit import PRESETS, LapeViTConfig
-from ..modeling_lape_vit import LapeViTPositionEmbedding
+from ..models.lape_vit.configuration_lape_vit import PRESETS, LapeViTConfig
+from ..models.lape_vit.modeling_lape_vit import LapeViTPositionEmbedding
 
 logger = logging.get_logger(__name__)
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..configuration_lape_vit import LapeViTConfig
-from ..modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher, LapeViTModel
+from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
+from ..models.lape_vit.modeling_lape_vit import (
+    LapeViTForImageClassification,
+    LapeViTForImageClassificationWithTeacher,
+    LapeViTModel,
+)
 from .core import CheckpointConversionError
 
 LAPE_JOINS = ("lape", "lape_shared")

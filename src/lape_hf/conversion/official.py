@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES, LapeViTConfig
-from ..modeling_lape_vit import (
+from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES, LapeViTConfig
+from ..models.lape_vit.modeling_lape_vit import (
     LapeViTForImageClassification,
     LapeViTForImageClassificationWithTeacher,
     LapeViTRelativePositionBias,

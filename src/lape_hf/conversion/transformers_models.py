@@ -14,8 +14,8 @@ from typing import Any
 import transformers
 from transformers import AutoConfig, PreTrainedModel
 
-from ..configuration_lape_vit import LapeViTConfig
-from ..modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
+from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
+from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
 from .core import CheckpointConversionError, WeightSource, check_override_names, concatenated, fill_model, renamed
 
 SUPPORTED_ARCHITECTURES = (

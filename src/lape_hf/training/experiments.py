@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
+from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _train_in_this_process(argv: list[str], start_method: str) -> dict[str, Any]
     multiprocessing.set_start_method(start_method, force=True)
     from transformers import HfArgumentParser
 
-    from .training import ARGUMENT_CLASSES, run_training
+    from . import ARGUMENT_CLASSES, run_training
 
     return run_training(*HfArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=argv))
 

@@ -30,9 +30,6 @@ from .configuration_lape_vit import LapeViTConfig
 
 logger = logging.get_logger(__name__)
 
-LAPE_JOINS = ("lape", "lape_shared")
-ADDITIVE_JOINS = ("add", "share", "unshare")
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -269,17 +266,74 @@ class LapeViTRelativePositionBias(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The PE stream: the one place that knows the joins
+# ---------------------------------------------------------------------------------------------------------------------
+class LapeViTPositionStream:
+    """
+    What the position embedding does on its way through the encoder, by `pe_join`. Given the model's PE tables
+    `(num_tables, tokens, hidden)`, it says what reaches the tokens before the first layer, what PE each layer
+    receives, and what each layer passes on; it also keeps the PE each layer sees for `output_position_embeddings`.
+
+    ============  =====================  ==========================  ==================================
+    pe_join       before the 1st layer   layer l receives            joined
+    ============  =====================  ==========================  ==================================
+    lape          nothing                p_{l-1} (p_0 for l = 1)     p_l = LN_pe_l(...) at attention input
+    lape_shared   nothing                p_0                         p_l = LN_pe_l(p_0) at attention input
+    add           x + p_0                nothing                     (in the residual stream)
+    share         nothing                p_0                         added to the residual stream
+    unshare       nothing                its own table p_0^(l)       added to the residual stream
+    ============  =====================  ==========================  ==================================
+
+    The layer applies what it receives: with a PE LayerNorm (the LaPE joins) at the attention input, otherwise to
+    the residual stream. The PE a layer "sees" is what its attention input gets from the PE: `p_l` for the LaPE joins,
+    and for the additive joins the added PE through the layer's pre-attention LayerNorm (the quantity the paper plots).
+    """
+
+    normalized_joins = ("lape", "lape_shared")
+
+    def __init__(self, pe_join: str, tables: torch.Tensor | None, record: bool = False):
+        self.pe_join = pe_join
+        self.tables = tables
+        self.carried = tables[:1] if tables is not None else None
+        self.seen: list[torch.Tensor] | None = [] if record and tables is not None else None
+
+    def join_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The tokens entering the encoder: `x + p_0` for "add" (before the token dropout), else unchanged."""
+        return tokens + self.tables[:1] if self.pe_join == "add" and self.tables is not None else tokens
+
+    def _added(self, index: int) -> torch.Tensor:
+        return self.tables[index : index + 1] if self.pe_join == "unshare" else self.tables[:1]
+
+    def layer_input(self, index: int) -> torch.Tensor | None:
+        """The PE layer `index` receives (None: the layer does nothing with a PE)."""
+        if self.tables is None or self.pe_join == "add":
+            return None
+        return self.carried if self.pe_join == "lape" else self._added(index)
+
+    def layer_output(self, index: int, layer: nn.Module, received: torch.Tensor | None) -> None:
+        """Take what layer `index` returned as its PE: the chain's next link for "lape"; record what it saw."""
+        if self.pe_join == "lape":
+            self.carried = received
+        if self.seen is not None:
+            normalized = self.pe_join in self.normalized_joins
+            self.seen.append(received if normalized else layer.layernorm_before(self._added(index)))
+
+    def recorded(self) -> tuple[torch.Tensor, ...] | None:
+        return tuple(self.seen) if self.seen is not None else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Embeddings
 # ---------------------------------------------------------------------------------------------------------------------
 class LapeViTEmbeddings(nn.Module):
     """
-    Tokenizer, class/distillation tokens and the model's PE. Returns the token stream and the raw PE `p_0`; only the
-    `"add"` join adds the PE here, every other join hands it to the encoder. Dropout applies to the tokens only.
+    Tokenizer, class/distillation tokens and the model's PE: returns the tokens entering the encoder (joined with
+    the PE as the PE stream says: only "add" joins here) and the PE stream. Dropout applies to the tokens.
     """
 
     def __init__(self, config: LapeViTConfig):
         super().__init__()
-        self.config = config
+        self.pe_join = config.pe_join
         self.tokenizer = TOKENIZER_CLASSES[config.tokenizer_type](config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.pooler_type == "cls" else None
         self.distillation_token = (
@@ -288,7 +342,9 @@ class LapeViTEmbeddings(nn.Module):
         self.position_embedding = LapeViTPositionEmbedding(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+    def forward(
+        self, pixel_values: torch.Tensor, output_position_embeddings: bool = False
+    ) -> tuple[torch.Tensor, LapeViTPositionStream, tuple[int, int]]:
         embeddings, grid_size = self.tokenizer(pixel_values)
         batch_size = embeddings.shape[0]
         prefix = [
@@ -296,10 +352,10 @@ class LapeViTEmbeddings(nn.Module):
         ]
         if prefix:
             embeddings = torch.cat([*prefix, embeddings], dim=1)
-        position_embeddings = self.position_embedding(grid_size)
-        if self.config.pe_join == "add" and position_embeddings is not None:
-            embeddings = embeddings + position_embeddings
-        return self.dropout(embeddings), position_embeddings, grid_size
+        stream = LapeViTPositionStream(
+            self.pe_join, self.position_embedding(grid_size), record=output_position_embeddings
+        )
+        return self.dropout(stream.join_tokens(embeddings)), stream, grid_size
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -414,20 +470,21 @@ class LapeViTDropPath(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------------
 class LapeViTLayer(GradientCheckpointingLayer):
     """
-    One encoder layer. With the LaPE joins it owns a LayerNorm for the PE:
+    One encoder layer. With the LaPE joins it owns a LayerNorm for the PE it receives (see `LapeViTPositionStream`):
 
         p_l = LN_pe_l(p_in);  x = x + DropPath(Attn(LN1_l(x) + p_l));  x = x + DropPath(MLP(LN2_l(x)))
 
-    and returns `p_l` so the encoder can chain it ("lape") or drop it ("lape_shared"). With "share"/"unshare" the
-    PE it receives is added to the residual stream before the layer; with "add" it receives none. The
-    `"post_attention_norm"` form (CCT) normalizes the stream after the attention residual and feeds the MLP with it.
+    and returns `p_l`; without a PE LayerNorm (the additive joins) a PE it receives is added to the residual stream
+    before the layer. The `"post_attention_norm"` form (CCT) normalizes the stream after the attention residual and
+    feeds the MLP with it.
     """
 
     def __init__(self, config: LapeViTConfig, drop_path_rate: float = 0.0):
         super().__init__()
-        self.pe_join = config.pe_join
         self.post_attention_norm = config.encoder_layer_form == "post_attention_norm"
-        uses_pe_norm = config.pe_join in LAPE_JOINS and config.position_embedding_type != "none"
+        uses_pe_norm = (
+            config.pe_join in LapeViTPositionStream.normalized_joins and config.position_embedding_type != "none"
+        )
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if uses_pe_norm else None
         self.attention = LapeViTAttention(config)
@@ -465,44 +522,22 @@ class LapeViTLayer(GradientCheckpointingLayer):
 
 
 class LapeViTEncoder(nn.Module):
-    """The layer stack and the PE stream: which PE each layer receives is decided here, by `pe_join`."""
+    """The layer stack; each layer receives the PE the stream gives it and hands back the PE it passes on."""
 
     def __init__(self, config: LapeViTConfig):
         super().__init__()
-        self.config = config
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        last = max(config.num_hidden_layers - 1, 1)
+        # Stochastic depth rises linearly to drop_path_rate (computed in Python: a model can be built on "meta").
+        rates = [config.drop_path_rate * index / last for index in range(config.num_hidden_layers)]
         self.layers = nn.ModuleList(LapeViTLayer(config, rate) for rate in rates)
 
     def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: torch.Tensor | None,
-        grid_size: tuple[int, int],
-        output_position_embeddings: bool = False,
-        **kwargs,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        pe_join = self.config.pe_join
-        layer_position_embeddings = []
-        stream = position_embeddings[:1] if position_embeddings is not None else None
+        self, hidden_states: torch.Tensor, stream: LapeViTPositionStream, grid_size: tuple[int, int], **kwargs
+    ) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
-            if position_embeddings is None or pe_join == "add":
-                layer_input = None
-            elif pe_join == "unshare":
-                layer_input = position_embeddings[index : index + 1]
-            elif pe_join == "lape":
-                layer_input = stream  # p_{l-1}: the previous layer's normalized PE (p_0 for the first layer)
-            else:  # lape_shared, share: the raw PE every time
-                layer_input = position_embeddings[:1]
-            hidden_states, received = layer(hidden_states, layer_input, grid_size, **kwargs)
-            if pe_join == "lape":
-                stream = received
-            if output_position_embeddings and position_embeddings is not None:
-                if pe_join in LAPE_JOINS:
-                    layer_position_embeddings.append(received)
-                else:
-                    added = position_embeddings[index : index + 1] if pe_join == "unshare" else position_embeddings[:1]
-                    layer_position_embeddings.append(layer.layernorm_before(added))
-        return hidden_states, (tuple(layer_position_embeddings) if output_position_embeddings else None)
+            hidden_states, position_embedding = layer(hidden_states, stream.layer_input(index), grid_size, **kwargs)
+            stream.layer_output(index, layer, position_embedding)
+        return hidden_states
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -553,6 +588,23 @@ class LapeViTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": LapeViTLayer, "attentions": LapeViTAttention}
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters DeiT trains without weight decay besides the 1-D ones (biases, norms): the
+        position embeddings, the class/distillation tokens and the relative position bias tables (timm's method)."""
+        owned = []
+        for prefix, module in self.named_modules():
+            if isinstance(module, LapeViTPositionEmbedding):
+                owned += [f"{prefix}.{name}" for name, _ in module.named_parameters()]
+            elif isinstance(module, LapeViTRelativePositionBias):
+                owned.append(f"{prefix}.table")
+            elif isinstance(module, LapeViTEmbeddings):
+                owned += [
+                    f"{prefix}.{name}"
+                    for name in ("cls_token", "distillation_token")
+                    if getattr(module, name) is not None
+                ]
+        return set(owned)
 
     def _init_weights(self, module: nn.Module) -> None:
         """DeiT's initialisation: truncated normal for linear layers and learnable PEs/tokens, identity LayerNorms."""
@@ -645,19 +697,15 @@ class LapeViTModel(LapeViTPreTrainedModel):
         """
         self._check_pixel_values(pixel_values, bool(interpolate_pos_encoding))
         pixel_values = pixel_values.to(self.layernorm.weight.dtype)
-        hidden_states, position_embeddings, grid_size = self.embeddings(pixel_values)
-        hidden_states, layer_position_embeddings = self.encoder(
-            hidden_states,
-            position_embeddings,
-            grid_size,
-            output_position_embeddings=bool(output_position_embeddings),
-            **kwargs,
-        )
+        # The PE each layer sees is collected by the stream, not by transformers' output recorder: for the additive
+        # joins it is not the output of any module (the plotted quantity is the added PE through norm1_l).
+        hidden_states, stream, grid_size = self.embeddings(pixel_values, bool(output_position_embeddings))
+        hidden_states = self.encoder(hidden_states, stream, grid_size, **kwargs)
         sequence_output = self.layernorm(hidden_states)
         return LapeViTModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=self.pooler(sequence_output),
-            layer_position_embeddings=layer_position_embeddings,
+            layer_position_embeddings=stream.recorded(),
         )
 
 

@@ -5,7 +5,7 @@ Publishing is three steps, so that nothing reaches the Hub unless the whole mode
 1. `check_model_directory` loads everything a Hub user will load (config, safetensors weights into the model class,
    image processor, labels, the remote-code files named by `auto_map`, `results.json`) and refuses the directory
    with every problem named when anything is missing or wrong.
-2. `prepare_upload` renders the model card (`lape_hf.model_card`) and fixes the exact files of the commit.
+2. `prepare_upload` renders the model card (`lape_hf.hub.model_card`) and fixes the exact files of the commit.
 3. `upload` creates the repository (and branch) if needed and sends everything as one commit, which the Hub applies
    atomically: a failed upload leaves no partial set of files behind.
 
@@ -15,9 +15,7 @@ The token is never handled here: `HfApi` reads it from `HF_TOKEN` or the stored 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,10 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoImageProcessor
 
-from .configuration_lape_vit import LapeViTConfig
-from .model_card import RESULTS_FILE, CardSource, ResultsError, load_results, render_model_card
-from .modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
+from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
+from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
+from ..training.results import RESULTS_FILE, ResultsError, load_results
+from .model_card import CardSource, render_model_card
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -134,7 +133,7 @@ def _missing_files(path: Path) -> list[str]:
     if not (path / PROCESSOR_FILE).is_file():
         problems.append(
             f"missing image processor {PROCESSOR_FILE} "
-            "(save lape_hf.image_processing.build_image_processor(config) beside the model)"
+            "(save lape_hf.models.lape_vit.image_processing_lape_vit.build_image_processor(config) beside the model)"
         )
     return problems
 
@@ -261,7 +260,7 @@ def _processor_problems(path: Path, config: LapeViTConfig) -> list[str]:
         height, width = config.image_size_2d
         return [
             f"the image processor makes {size['height']}x{size['width']} images but the model expects "
-            f"{height}x{width}; rebuild it with lape_hf.image_processing.build_image_processor(config)"
+            f"{height}x{width}; rebuild it with lape_hf.models.lape_vit.build_image_processor(config)"
         ]
     return []
 
@@ -408,39 +407,6 @@ def upload(
         ) from error
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# A local Hub cache entry (offline machines, tests)
-# ---------------------------------------------------------------------------------------------------------------------
-def install_in_hub_cache(
-    files: Mapping[str, Path | bytes], repo_id: str, cache_dir: str | Path, revision: str = "main"
-) -> Path:
-    """Place files in a Hub cache (`HF_HUB_CACHE` layout) as if `repo_id` had been downloaded; returns the snapshot.
-
-    With `HF_HUB_OFFLINE=1` and that cache, `from_pretrained(repo_id)` and `pipeline(model=repo_id)` then resolve
-    through the real Hub code path, which is how loading by Hub id is tested without a network, and how a model is
-    brought to an offline machine (e.g. `install_in_hub_cache(plan.repository_files(), ...)`).
-    """
-    check_repo_id(repo_id)
-    digest = hashlib.sha1(repo_id.encode())
-    for name in sorted(files):
-        source = files[name]
-        digest.update(name.encode())
-        digest.update(source if isinstance(source, bytes) else Path(source).read_bytes())
-    commit_hash = digest.hexdigest()  # 40 hex digits, like a Git commit id
-    repo_folder = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo_folder / "snapshots" / commit_hash
-    for name, source in files.items():
-        target = snapshot / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(source, bytes):
-            target.write_bytes(source)
-        else:
-            shutil.copyfile(source, target)
-    (repo_folder / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_folder / "refs" / revision).write_text(commit_hash)
-    return snapshot
-
-
 __all__ = [
     "CheckedModelDirectory",
     "ModelDirectoryError",
@@ -448,7 +414,6 @@ __all__ = [
     "UploadPlan",
     "check_model_directory",
     "check_repo_id",
-    "install_in_hub_cache",
     "prepare_upload",
     "upload",
 ]

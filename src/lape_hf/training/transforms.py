@@ -101,7 +101,7 @@ def batch_seed(seed: int, epoch: int, indices: Sequence[int]) -> int:
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """A prepared split (`lape_hf.data.prepare_split`) with its per-sample uint8 transform, if any.
+    """A prepared split (`lape_hf.training.data.prepare_split`) with its per-sample uint8 transform, if any.
 
     With `seed` set (training), random draws are keyed by (seed, epoch, batch indices) and each example carries
     `augmentation_seed` for the collator's batch-level augmentation; without it (evaluation) the images are returned

@@ -11,8 +11,6 @@ were supplied and has no `model-index`.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,9 +20,9 @@ import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_lape_vit import PRESETS, LapeViTConfig
+from ..models.lape_vit.configuration_lape_vit import PRESETS, LapeViTConfig
+from ..training.results import ACCURACY_METRICS, ResultsError, load_results
 
-RESULTS_FILE = "results.json"
 TASK = "image-classification"
 
 CITATION_BIBTEX = """\
@@ -61,7 +59,6 @@ MODEL_INDEX_METRICS = {
     "eval_accuracy": ("accuracy", "Top-1 accuracy"),
     "eval_top5_accuracy": ("top_5_accuracy", "Top-5 accuracy"),
 }
-ACCURACY_METRICS = frozenset({"eval_accuracy", "eval_top5_accuracy"})
 
 # Dataset names the training script uses for data that is not a Hub dataset; anything else is taken as a Hub id.
 LOCAL_DATASETS = {
@@ -95,10 +92,6 @@ TRAINING_FIELDS = {
 }
 
 
-class ResultsError(ValueError):
-    """`results.json` is present but unusable: it would put wrong or no numbers on the card."""
-
-
 class CardSourceError(ValueError):
     """A per-model card source (YAML) has an unknown key or a value of the wrong type."""
 
@@ -106,50 +99,6 @@ class CardSourceError(ValueError):
 # ---------------------------------------------------------------------------------------------------------------------
 # Inputs: results.json and the per-model card source
 # ---------------------------------------------------------------------------------------------------------------------
-def load_results(model_dir: str | Path, config: LapeViTConfig) -> dict[str, Any] | None:
-    """Read and check `results.json` against the model's config; `None` when the directory has none."""
-    path = Path(model_dir) / RESULTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ResultsError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(results, dict):
-        raise ResultsError(f"{path} must hold a JSON object, got {type(results).__name__}.")
-
-    metrics = results.get("metrics")
-    if not isinstance(metrics, dict) or not metrics:
-        raise ResultsError(f"{path} has no 'metrics' object (e.g. {{'eval_accuracy': 0.93}}).")
-    for name, value in metrics.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ResultsError(f"{path}: metrics[{name!r}]={value!r} must be a finite number.")
-        if name in ACCURACY_METRICS and not 0.0 <= value <= 1.0:
-            raise ResultsError(f"{path}: metrics[{name!r}]={value!r} must be a fraction in [0, 1].")
-
-    # A results file from another run would put another model's numbers on this card.
-    expected = {
-        "model_type": config.model_type,
-        "pe_join": config.pe_join,
-        "position_embedding_type": config.position_embedding_type,
-    }
-    for key, value in expected.items():
-        if key in results and results[key] != value:
-            raise ResultsError(f"{path} says {key}={results[key]!r} but config.json has {value!r}.")
-    dataset = results.get("dataset")
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str) or not dataset["name"]:
-        raise ResultsError(f"{path} needs a 'dataset' object with a non-empty 'name' (what the metrics measure).")
-    if "num_labels" in dataset and dataset["num_labels"] != config.num_labels:
-        raise ResultsError(
-            f"{path} says dataset.num_labels={dataset['num_labels']!r} but config.json has "
-            f"num_labels={config.num_labels}."
-        )
-    for key in ("training", "versions"):
-        if key in results and not isinstance(results[key], dict):
-            raise ResultsError(f"{path}: {key!r} must be an object, got {type(results[key]).__name__}.")
-    return results
-
-
 @dataclass(frozen=True)
 class CardSource:
     """The prose of one published model that its files cannot know. Every field is optional."""

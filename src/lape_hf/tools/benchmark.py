@@ -34,8 +34,8 @@ import transformers
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
-from .configuration_lape_vit import PRESETS, LapeViTConfig
-from .modeling_lape_vit import LapeViTForImageClassification
+from ..models.lape_vit.configuration_lape_vit import PRESETS, LapeViTConfig
+from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification
 
 MODES = ("inference", "training")
 REFERENCE = "transformers-vit"

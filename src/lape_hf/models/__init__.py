@@ -1,0 +1,1 @@
+"""Model families of lape_hf, one folder each, laid out like transformers' `models/<name>/`."""
