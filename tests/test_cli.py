@@ -1,0 +1,106 @@
+"""`lape_hf.cli`: the one error convention and argument parsing every script shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from lape_hf.cli import UserError, parse_args, script
+
+
+@dataclass
+class Arguments:
+    model: str | None = field(default=None, metadata={"help": "a model"})
+    output_dir: str = field(default="out", metadata={"aliases": ["--output"], "help": "where"})
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size={self.batch_size} must be at least 1.")
+
+
+def test_user_error_is_one_line_on_stderr_and_exit_status_2(capsys):
+    @script
+    def main(argv=None):
+        parse_args(Arguments, argv, description=None)
+        return 0
+
+    assert main(["--model", "m", "--batch_size", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --batch_size=0 must be at least 1.\n"
+    assert "Traceback" not in captured.err
+
+
+def test_missing_user_path_is_a_user_error(tmp_path, capsys):
+    @script
+    def main():
+        (tmp_path / "absent.txt").read_text()
+        return 0
+
+    assert main() == 2
+    assert capsys.readouterr().err.startswith("error: [Errno 2] No such file or directory")
+
+
+def test_multi_line_message_is_printed_on_one_line(capsys):
+    @script
+    def main():
+        raise ValueError("the directory is incomplete:\n  - config.json\n  - model.safetensors")
+
+    assert main() == 2
+    assert capsys.readouterr().err == "error: the directory is incomplete:; - config.json; - model.safetensors\n"
+
+
+def test_bug_keeps_its_traceback():
+    @script
+    def main():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError, match="a bug"):
+        main()
+
+
+def test_user_error_traceback_on_request(monkeypatch):
+    monkeypatch.setenv("LAPE_HF_TRACEBACK", "1")
+
+    @script
+    def main():
+        raise UserError("bad value")
+
+    with pytest.raises(UserError):
+        main()
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(capsys):
+    @script
+    def main():
+        raise KeyboardInterrupt
+
+    assert main() == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_parse_args_accepts_underscores_hyphens_and_aliases():
+    parsed = parse_args(Arguments, ["--model", "m", "--batch-size", "3", "--output", "o"], description=None)
+    assert parsed == Arguments(model="m", output_dir="o", batch_size=3)
+    assert parse_args(Arguments, ["--model=m", "--output_dir=d"], description=None).output_dir == "d"
+
+
+def test_positional_spelling_of_a_flag():
+    assert parse_args(Arguments, ["m"], description=None, positional="model").model == "m"
+    assert parse_args(Arguments, ["--model", "m"], description=None, positional="model").model == "m"
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(Arguments, ["m", "--model", "n"], description=None, positional="model")
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        parse_args(Arguments, [], description=None, positional="model")
+
+
+@dataclass
+class ListArguments:
+    inputs: list[str] = field(default_factory=list)
+
+
+def test_positional_list_field():
+    assert parse_args(ListArguments, ["a", "b"], description=None, positional="inputs").inputs == ["a", "b"]
+    assert parse_args(ListArguments, ["--inputs", "a"], description=None, positional="inputs").inputs == ["a"]
