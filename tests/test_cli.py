@@ -22,14 +22,18 @@ class Arguments:
 
 def test_user_error_is_one_line_on_stderr_and_exit_status_2(capsys):
     @script
-    def main(argv=None):
-        parse_args(Arguments, argv, description=None)
-        return 0
+    def main():
+        raise UserError("--size=huge is not one of tiny, small.")
 
-    assert main(["--model", "m", "--batch_size", "0"]) == 2
-    captured = capsys.readouterr()
-    assert captured.err == "error: --batch_size=0 must be at least 1.\n"
-    assert "Traceback" not in captured.err
+    assert main() == 2
+    assert capsys.readouterr().err == "error: --size=huge is not one of tiny, small.\n"
+
+
+def test_a_value_the_arguments_refuse_is_a_parser_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(Arguments, ["--model", "m", "--batch_size", "0"], description=None)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith("error: --batch_size=0 must be at least 1.\n")
 
 
 def test_missing_user_path_is_a_user_error(tmp_path, capsys):

@@ -77,8 +77,9 @@ def parse_args(
 ) -> T:
     """Parse `argv` into `arguments_class` with `HfArgumentParser`.
 
-    `positional` names a field that may also be given without its flag, as the script's first argument(s) (the
-    spelling older command lines use); the field then must be given one way or the other, not both.
+    A `ValueError` from the class's own checks (`__post_init__`) is reported like any bad flag: usage line, error
+    line, exit status 2. `positional` names a field that may also be given without its flag, as the script's first
+    argument(s) (the spelling older command lines use); the field then must be given one way or the other, not both.
     """
     parser = HfArgumentParser(
         arguments_class, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,4 +98,7 @@ def parse_args(
         if not namespace[positional]:
             parser.error(f"the following argument is required: --{positional}")
     fields = {field.name for field in dataclasses.fields(arguments_class) if field.init}
-    return arguments_class(**{name: value for name, value in namespace.items() if name in fields})
+    try:
+        return arguments_class(**{name: value for name, value in namespace.items() if name in fields})
+    except ValueError as error:  # a value the class's checks refuse: reported as argparse reports a bad flag
+        parser.error(one_line(error))
