@@ -6,7 +6,6 @@ closed-form 2-D sinusoidal PE of the paper, and each layer's LayerNorm applied b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from conftest import randomize_, reference_sinusoidal_2d, tiny_config
 from matplotlib.image import AxesImage
 from PIL import Image
+from script_loader import load_script
 from transformers import ViTConfig
 
 from lape_hf import LapeViTForImageClassification
@@ -38,10 +38,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "visualize_pe.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("visualize_pe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("visualize_pe")
 
 
 visualize_pe = _load_script()

@@ -3,7 +3,6 @@ really holds, the rounds are interleaved, and a smoke run produces a complete re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shlex
 import statistics
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 from lape_hf import LapeViTForImageClassification, benchmark
 from lape_hf.conversion import convert_timm_state_dict, convert_transformers_model
@@ -219,10 +219,7 @@ def test_lape_vit_uses_sdpa_attention_by_default():
 
 
 def load_benchmark_script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script("benchmark")
 
 
 def test_readme_benchmark_commands_parse():

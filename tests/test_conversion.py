@@ -4,13 +4,13 @@ key, all-or-nothing output, the command-line script, and starting a LaPE model f
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from script_loader import load_script as load_script_module
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN
 
@@ -250,10 +250,7 @@ def test_init_lape_from_add_needs_an_add_model_with_a_pe() -> None:
 # The script
 # ---------------------------------------------------------------------------------------------------------------------
 def load_script():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script_module("convert_checkpoint")
 
 
 def test_script_converts_and_starts_lape(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

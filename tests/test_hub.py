@@ -4,7 +4,6 @@ the directory is incomplete or the upload fails. The Hub API is a recording fake
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,15 +14,16 @@ from hub_helpers import LABELS, TEMPLATE, save_tiny_checkpoint, tiny_results
 from huggingface_hub import ModelCard, constants, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import load_file, save_file
+from script_loader import load_script
 
 from lape_hf import LapeViTForImageClassification
-from lape_hf.hub import publish
 from lape_hf.hub import (
     ModelDirectoryError,
     PublishError,
     check_model_directory,
     install_in_hub_cache,
     prepare_upload,
+    publish,
     upload,
 )
 from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
@@ -76,11 +76,7 @@ def model_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def push_to_hub():
     """The script's `main`, loaded from scripts/push_to_hub.py."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / "push_to_hub.py"
-    spec = importlib.util.spec_from_file_location("push_to_hub_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("push_to_hub").main
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ applied directly (processor + forward + softmax)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from hub_helpers import LABELS, save_tiny_checkpoint
 from PIL import Image
+from script_loader import load_script
 from transformers import ViTImageProcessor
 
 from lape_hf import LapeViTForImageClassification
@@ -157,11 +157,7 @@ def test_bad_top_k_or_batch_size_is_refused(classifier, argument: str, value):
 # ---------------------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def predict_script():
-    path = Path(__file__).resolve().parent.parent / "scripts" / "predict.py"
-    spec = importlib.util.spec_from_file_location("predict_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("predict").main
 
 
 def test_the_script_prints_a_table_and_reports_unreadable_files(

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import os
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,10 +90,16 @@ def load_classifier(
     device: str | None = None,
     trust_remote_code: bool = False,
 ) -> ImageClassificationPipeline:
-    """An image-classification pipeline for a model directory or Hub id (`import lape_hf` has registered LapeViT)."""
-    return pipeline(
-        "image-classification", model=model, revision=revision, device=device, trust_remote_code=trust_remote_code
-    )
+    """An image-classification pipeline for a model directory or Hub id (`import lape_hf` has registered LapeViT).
+
+    A model that cannot be loaded (a missing or incomplete directory, an unknown Hub id) is a `ValueError` naming it.
+    """
+    try:
+        return pipeline(
+            "image-classification", model=model, revision=revision, device=device, trust_remote_code=trust_remote_code
+        )
+    except OSError as error:  # what transformers raises for a path or Hub id it cannot load from
+        raise ValueError(f"cannot load the model {model!r}: {error}") from error
 
 
 def classify_images(
@@ -156,10 +164,34 @@ def write_csv(results: Sequence[ImageResult], stream: IO[str]) -> None:
             writer.writerow([result.path, rank, prediction.label, f"{prediction.score:.6f}", ""])
 
 
+
+def check_writable(path: Path) -> None:
+    """Fail before any work when `path`'s folder cannot be created or written to (a `PermissionError` naming it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"cannot write {path}: its folder {path.parent} is not writable.")
+
+
+def write_results(results: Sequence[ImageResult], path: Path) -> None:
+    """Write `results` in the format `path`'s suffix names, to a temporary file moved into place when complete."""
+    check_writable(path)
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as stream:
+        try:
+            OUTPUT_FORMATS[path.suffix.lower()](results, stream)
+        except BaseException:
+            os.unlink(stream.name)
+            raise
+    os.replace(stream.name, path)
+
+
 OUTPUT_FORMATS = {".json": write_json, ".csv": write_csv}
 
+    "OUTPUT_FORMATS",
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "check_writable",
     "ImageResult",
     "Prediction",
     "classify_images",
@@ -167,6 +199,7 @@ __all__ = [
     "format_table",
     "load_classifier",
     "read_image",
+    "write_results",
     "write_csv",
     "write_json",
 ]
