@@ -1,6 +1,6 @@
 """Models saved by lape_hf 0.1.0 (the layout before models/lape_vit/) still load and give the same logits: with
-today's classes, as Hub remote code without lape_hf (their own code files, and today's files put in their place),
-and through `pipeline()`. The fixture and the logits it must give were written by the old code (see its README)."""
+today's classes, as Hub remote code (today's code files) without lape_hf, and through `pipeline()`. The fixture and
+the logits it must give were written by the old code (see its README)."""
 
 from __future__ import annotations
 
@@ -62,24 +62,22 @@ def test_saved_model_loads_with_todays_classes_and_gives_the_stored_logits(name)
 
 
 def test_saved_models_load_as_remote_code_without_lape_hf(tmp_path):
-    """Each directory as saved (the old code files), and again with today's code files in their place (what a Hub
-    repository gets when the code is pushed anew): both give the stored logits where lape_hf cannot be imported."""
+    """With today's code files beside the old weights and config (what a Hub repository holds once the code is pushed
+    anew), the models give the stored logits where lape_hf cannot be imported."""
     directories = []
     for name in SAVED_MODELS:
-        shutil.copytree(FIXTURE / name, tmp_path / f"{name}-as-saved")
-        shutil.copytree(FIXTURE / name, tmp_path / f"{name}-todays-code")
+        shutil.copytree(FIXTURE / name, tmp_path / name)
         for code_file in CODE_FILES:
-            shutil.copy(Path(lape_vit.__file__).parent / code_file, tmp_path / f"{name}-todays-code" / code_file)
-        directories += [str(tmp_path / f"{name}-as-saved"), str(tmp_path / f"{name}-todays-code")]
+            shutil.copy(Path(lape_vit.__file__).parent / code_file, tmp_path / name / code_file)
+        directories.append(str(tmp_path / name))
     torch.save(PIXEL_VALUES, tmp_path / "pixel_values.pt")
     code = f"DIRECTORIES = {json.dumps(json.dumps(directories))}\n" + REMOTE_CODE_LOADING
     completed = run_without_lape_hf(code, cwd=tmp_path, hub_cache=tmp_path / "hub", timeout=600)
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert sorted(report) == sorted(directories)
     for directory, result in report.items():
-        name = Path(directory).name.split("-")[0]
         assert result["module"].startswith("transformers_modules."), result["module"]
-        expected = torch.tensor(REFERENCE["logits"][name])
+        expected = torch.tensor(REFERENCE["logits"][Path(directory).name])
         torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=0, atol=1e-6, msg=directory)
 
 
