@@ -20,15 +20,14 @@ from typing import IO
 
 from PIL import Image
 from transformers import ImageClassificationPipeline, pipeline
-from transformers.image_utils import load_image
+
+from .images import UNREADABLE_IMAGE_ERRORS, decode_image
 
 IMAGE_EXTENSIONS = frozenset(
     {".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
 )  # what a folder or a glob contributes; a file named explicitly is always tried
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARACTERS = frozenset("*?[")
-# What PIL raises for a file it cannot open or decode (missing, not an image, truncated, too large).
-_UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,8 @@ def find_images(inputs: Sequence[str]) -> list[str]:
 
 
 def read_image(path: str) -> Image.Image:
-    """Decode a file the way the pipeline would (EXIF orientation applied, RGB), failing here rather than mid-batch."""
-    with Image.open(path) as image:
-        return load_image(image)  # transposes by EXIF and converts, which decodes the whole file
+    """Decode a file by the one rule training used (`lape_hf.images.decode_image`), failing here, not mid-batch."""
+    return decode_image(path)
 
 
 def load_classifier(
@@ -117,7 +115,7 @@ def classify_images(
         for path in chunk:
             try:
                 images[path] = read_image(path)
-            except _UNREADABLE as error:
+            except UNREADABLE_IMAGE_ERRORS as error:
                 errors[path] = f"{type(error).__name__}: {error}"
         outputs = classifier(list(images.values()), top_k=top_k, batch_size=batch_size) if images else []
         predictions = dict(zip(images, outputs, strict=True))
@@ -164,6 +162,8 @@ def write_csv(results: Sequence[ImageResult], stream: IO[str]) -> None:
             writer.writerow([result.path, rank, prediction.label, f"{prediction.score:.6f}", ""])
 
 
+OUTPUT_FORMATS = {".json": write_json, ".csv": write_csv}
+
 
 def check_writable(path: Path) -> None:
     """Fail before any work when `path`'s folder cannot be created or written to (a `PermissionError` naming it)."""
@@ -186,20 +186,18 @@ def write_results(results: Sequence[ImageResult], path: Path) -> None:
     os.replace(stream.name, path)
 
 
-OUTPUT_FORMATS = {".json": write_json, ".csv": write_csv}
-
-    "OUTPUT_FORMATS",
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "check_writable",
+    "OUTPUT_FORMATS",
     "ImageResult",
     "Prediction",
+    "check_writable",
     "classify_images",
     "find_images",
     "format_table",
     "load_classifier",
     "read_image",
-    "write_results",
     "write_csv",
     "write_json",
+    "write_results",
 ]

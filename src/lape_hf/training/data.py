@@ -1,14 +1,14 @@
 """Image-classification data for training LapeViT: the bundled digits, image folders and Hub datasets.
 
 Every source ends as the same two `datasets.Dataset` splits with a `pixel_values` column (uint8 RGB images at the
-model's resolution, `(3, height, width)`) and a `labels` column (`ClassLabel`). Images are decoded, converted to
-RGB and resized once, by the model's own image processor (so training sees the geometry and colour conversion that
-`pipeline()` applies at inference); per-sample augmentation then works on small uint8 tensors and stays cheap.
+model's resolution, `(3, height, width)`) and a `labels` column (`ClassLabel`). Images are decoded to RGB once by
+the one decode rule of `lape_hf.images` (what `pipeline()` does with a file) and resized by the model's own image
+processor, so training and evaluation see the pixels a user's prediction sees; per-sample augmentation then works
+on small uint8 tensors and stays cheap.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Sequence
@@ -19,6 +19,8 @@ import PIL.Image
 import torch
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from transformers import BaseImageProcessor
+
+from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -109,32 +111,25 @@ def _pick_column(dataset: Dataset, requested: str | None, candidates: Sequence[s
     )
 
 
-def _open_image(value: object) -> PIL.Image.Image:
-    """Decode one undecoded `Image` cell ({"bytes", "path"}) or pass a PIL image through, forcing a full decode."""
-    if isinstance(value, PIL.Image.Image):
-        image = value
-    elif isinstance(value, dict) and value.get("bytes") is not None:
-        image = PIL.Image.open(io.BytesIO(value["bytes"]))
-    elif isinstance(value, dict) and value.get("path"):
-        image = PIL.Image.open(value["path"])
-    else:
-        raise ValueError(f"not an image: a {type(value).__name__} without bytes or a path")
-    image.load()  # PIL opens lazily: truncated or corrupt pixel data only fails here
-    return image
-
-
 def open_images(split: Dataset, image_column: str = "image") -> list[PIL.Image.Image | None]:
-    """The split's images decoded, `None` where an image does not decode (reported in a warning by path)."""
-    if isinstance(split.features[image_column], Image):
-        split = split.cast_column(image_column, Image(decode=False))
+    """The split's images decoded by the one rule (`lape_hf.images.decode_image`), `None` where an image does not
+    decode (reported in a warning by path)."""
+    split = _undecoded(split, image_column)
     images: list[PIL.Image.Image | None] = []
     for row, value in enumerate(split[image_column]):
         try:
-            images.append(_open_image(value))
-        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+            images.append(decode_image(value))
+        except UNREADABLE_IMAGE_ERRORS as error:
             logger.warning("Cannot decode image %s: %s", _describe(value, row), error)
             images.append(None)
     return images
+
+
+def _undecoded(split: Dataset, image_column: str) -> Dataset:
+    """The split with its image cells as stored (`{"bytes", "path"}`): decoding is ours, one image at a time."""
+    if isinstance(split.features[image_column], Image):
+        return split.cast_column(image_column, Image(decode=False))
+    return split
 
 
 def _describe(value: object, row: int) -> str:
@@ -151,17 +146,17 @@ def _decode_and_resize(
     height: int,
     width: int,
 ) -> dict[str, list]:
-    """One batched `map` step: decode, convert and resize each image; record failures instead of raising."""
+    """One batched `map` step: decode (the one rule) and resize each image; record failures instead of raising."""
     images, errors = [], []
     for value, row in zip(batch[image_column], indices, strict=True):
         try:
-            images.append(_open_image(value))
+            images.append(decode_image(value))
             errors.append("")
-        except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+        except UNREADABLE_IMAGE_ERRORS as error:
             images.append(PIL.Image.new("RGB", (width, height)))
             errors.append(f"{_describe(value, row)}: {type(error).__name__}: {error}")
-    # The processor's own resize and RGB conversion (transparency composited on white), without rescale/normalize:
-    # the uint8 result is exactly what it would normalize at inference.
+    # The processor's own resize, without rescale/normalize: the uint8 result is exactly what it would normalize at
+    # inference, for the RGB image that pipeline() makes of a file.
     pixels = image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
     if pixels.dtype != torch.uint8:
         pixels = pixels.round().clamp(0, 255).to(torch.uint8)
@@ -185,8 +180,7 @@ def prepare_split(
     """
     height, width = image_processor.size["height"], image_processor.size["width"]
     check_labels(dataset[label_column], label_feature, split_name)
-    if isinstance(dataset.features[image_column], Image):
-        dataset = dataset.cast_column(image_column, Image(decode=False))
+    dataset = _undecoded(dataset, image_column)
     features = Features(
         {
             "pixel_values": Array3D(shape=(3, height, width), dtype="uint8"),
@@ -239,34 +233,33 @@ def check_labels(labels: Sequence[int], label_feature: ClassLabel, split_name: s
         )
 
 
-def _as_class_labels(train: Dataset, evaluation: Dataset, label_column: str) -> tuple[Dataset, Dataset, ClassLabel]:
-    """Both splits with a `ClassLabel` label column; plain int/str labels get the sorted train label set."""
+def label_feature_of(train: Dataset, label_column: str) -> ClassLabel:
+    """The label set of a train split: its `ClassLabel`, or for plain int/str labels the one that `datasets`'
+    `class_encode_column` makes (the sorted distinct values as strings). Read without decoding any image."""
     feature = train.features[label_column]
     if isinstance(feature, ClassLabel):
-        eval_feature = evaluation.features[label_column]
-        if not isinstance(eval_feature, ClassLabel) or eval_feature.names != feature.names:
+        return feature
+    return train.select_columns([label_column]).class_encode_column(label_column).features[label_column]
+
+
+def encode_labels(split: Dataset, label_column: str, label_feature: ClassLabel, split_name: str) -> Dataset:
+    """`split` with its label column cast to `label_feature`: plain values by name (`ClassLabel.str2int`, through
+    `cast_column`), a `ClassLabel` column only when it has the same names."""
+    feature = split.features[label_column]
+    if isinstance(feature, ClassLabel):
+        if feature.names != label_feature.names:
             raise ValueError(
-                f"The eval split's labels {getattr(eval_feature, 'names', eval_feature)} differ from the train "
-                f"split's {feature.names}."
+                f"The {split_name!r} split's labels {feature.names} differ from the train split's "
+                f"{label_feature.names}."
             )
-        return train, evaluation, feature
-    names = sorted({str(value) for value in train[label_column]})
-    class_label = ClassLabel(names=names)
-    unknown = sorted({str(value) for value in evaluation[label_column]} - set(names))
+        return split
+    unknown = sorted({str(value) for value in split.unique(label_column)} - set(label_feature.names))
     if unknown:
         raise ValueError(
-            f"The eval split has labels that are not in the train split's label set {names}: {unknown[:10]}."
+            f"The {split_name!r} split has labels that are not in the train split's label set "
+            f"{label_feature.names}: {unknown[:10]}."
         )
-
-    def to_ids(batch: dict[str, list]) -> dict[str, list]:
-        return {label_column: [class_label.str2int(str(value)) for value in batch[label_column]]}
-
-    casted = []
-    for split in (train, evaluation):
-        features = split.features.copy()
-        features[label_column] = class_label
-        casted.append(split.map(to_ids, batched=True, features=features, desc="Mapping labels to class ids"))
-    return casted[0], casted[1], class_label
+    return split.cast_column(label_column, Value("string")).cast_column(label_column, label_feature)
 
 
 def resolve_splits(
@@ -303,15 +296,12 @@ def _standard_columns(split: Dataset, image_column: str, label_column: str) -> D
 
 
 def label_names_of(raw: DatasetDict, train_split: str = "train", label_column_name: str | None = None) -> list[str]:
-    """The label names training will use, read without decoding any image (the model is built before the data)."""
+    """The label names training will use (the model is built before the data is prepared): those of
+    `label_feature_of` on the whole train split, as `prepare_splits` uses them."""
     if train_split not in raw:
         raise ValueError(f"train_split={train_split!r} is not in the dataset; its splits are {list(raw)}.")
-    train = raw[train_split]
-    column = _pick_column(train, label_column_name, LABEL_COLUMN_CANDIDATES, "label")
-    feature = train.features[column]
-    if isinstance(feature, ClassLabel):
-        return list(feature.names)
-    return sorted({str(value) for value in train[column]})
+    column = _pick_column(raw[train_split], label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    return list(label_feature_of(raw[train_split], column).names)
 
 
 def prepare_splits(
@@ -344,7 +334,11 @@ def prepare_splits(
         train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
     if max_eval_samples is not None:
         evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
-    train, evaluation, label_feature = _as_class_labels(train, evaluation, label_column)
+    # The label set of the whole train split, as `label_names_of` gave it to the model (a subset or a held-out
+    # fraction may lack a class).
+    label_feature = label_feature_of(raw[train_split], label_column)
+    train = encode_labels(train, label_column, label_feature, train_split_name)
+    evaluation = encode_labels(evaluation, label_column, label_feature, eval_split_name)
     prepared = [
         prepare_split(
             split,
