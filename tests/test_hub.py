@@ -381,3 +381,45 @@ def test_install_in_hub_cache_makes_the_hub_layout_that_downloads_resolve(model_
     weights = load_file(resolved)
     original = load_file(model_dir / "model.safetensors")
     assert all(torch.equal(weights[key], original[key]) for key in original)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Links: nothing from outside the model directory is ever uploaded
+# ---------------------------------------------------------------------------------------------------------------------
+def test_a_link_to_a_file_outside_the_directory_is_skipped_and_named(model_dir: Path, tmp_path: Path):
+    secret = tmp_path / "outside" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("private key")
+    (model_dir / "notes.txt").symlink_to(secret)
+    (model_dir / "linked-folder").symlink_to(secret.parent, target_is_directory=True)
+    (model_dir / "labels-copy.json").symlink_to(model_dir / "config.json")  # inside: an ordinary file to upload
+    checked = check_model_directory(model_dir)
+    skipped = dict(checked.skipped)
+    assert "notes.txt" not in checked.files and "outside the model directory" in skipped["notes.txt"]
+    assert str(secret.resolve()) in skipped["notes.txt"]
+    assert not any(name.startswith("linked-folder") for name in checked.files)
+    assert "linked-folder" in skipped
+    assert "labels-copy.json" in checked.files
+    plan = prepare_upload(model_dir, REPO_ID, template_path=TEMPLATE)
+    sources = [op.path_or_fileobj for op in plan.operations() if isinstance(op.path_or_fileobj, str)]
+    assert sources and all(Path(source).resolve().is_relative_to(model_dir.resolve()) for source in sources)
+
+
+def test_a_needed_file_linking_outside_the_directory_is_refused(model_dir: Path, tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere.json"
+    (model_dir / "preprocessor_config.json").rename(elsewhere)
+    (model_dir / "preprocessor_config.json").symlink_to(elsewhere)
+    with pytest.raises(
+        ModelDirectoryError, match="preprocessor_config.json is a link to .*outside the model directory"
+    ):
+        check_model_directory(model_dir)
+
+
+def test_the_dry_run_names_the_skipped_link(model_dir: Path, push_to_hub, fake_hub, tmp_path: Path, capsys):
+    (tmp_path / "secret.txt").write_text("secret")
+    (model_dir / "secret.txt").symlink_to(tmp_path / "secret.txt")
+    assert push_to_hub(["--model", str(model_dir), "--repo_id", REPO_ID, "--dry_run"]) == 0
+    output = capsys.readouterr().out
+    assert "Not uploaded:" in output and "secret.txt" in output.split("Not uploaded:")[1].split("---")[0]
+    assert "outside the model directory" in output
+    assert fake_hub == []

@@ -11,12 +11,14 @@ were supplied and has no `model-index`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -304,7 +306,6 @@ def render_model_card(
     card_data = build_card_data(config, results, repo_id, source)
     height, width = config.image_size_2d
     context = {
-        "card_data": card_data.to_yaml(),
         "repo_id": repo_id,
         "title": card_data.model_name,
         "summary": source.summary,
@@ -329,14 +330,34 @@ def render_model_card(
         "training_rows": _training_rows(results) if results else [],
         "citation": CITATION_BIBTEX,
     }
-    environment = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True
-    )
+    template = read_card_template(template_path)
+    undefined = _undeclared_variables(template) - set(context) - set(card_data.to_dict()) - {"card_data"}
+    if undefined:
+        raise ValueError(f"The model card template {template_path} uses undefined variables: {sorted(undefined)}.")
+    return ModelCard.from_template(card_data, template_str=template, **context)
+
+
+# A block tag alone on its line ({% if %}, {% for %}, {% endif %}...), with the line break after it.
+_WHOLE_LINE_TAG = re.compile(r"^[ \t]*(\{%[^\n]*?%\})\n", re.MULTILINE)
+
+
+def read_card_template(template_path: str | Path) -> str:
+    """The template's text as `ModelCard.from_template` needs it.
+
+    `from_template` renders with Jinja's default whitespace rules, under which a block tag on a line of its own
+    leaves an empty line behind; the template is written one tag per line for readability, so the line break after
+    each such tag is dropped here (what Jinja's `trim_blocks` and `lstrip_blocks` would do).
+    """
     try:
-        template = environment.from_string(Path(template_path).read_text(encoding="utf-8"))
+        text = Path(template_path).read_text(encoding="utf-8")
     except OSError as error:
         raise FileNotFoundError(f"Cannot read the model card template {template_path}: {error}") from error
-    return ModelCard(template.render(**context))
+    return _WHOLE_LINE_TAG.sub(r"\1", text)
+
+
+def _undeclared_variables(template: str) -> set[str]:
+    """The names a template reads from its context (`from_template` would render a missing one as empty text)."""
+    return jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(template))
 
 
 def usage_code_blocks(card: ModelCard | str) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from transformers import AutoConfig, AutoImageProcessor
 
 from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
@@ -43,6 +44,16 @@ CLASSIFIER_CLASSES = {
 }
 # Pickles can run code when loaded and the published weights are safetensors, so these are never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# What is never uploaded, as `huggingface_hub` ignore patterns (fnmatch on the POSIX path; a trailing "/" means a
+# folder's contents), with the reason the dry run gives.
+IGNORE_PATTERNS: dict[str, tuple[str, ...]] = {
+    "hidden or cache file": (".*", "*/.*", "__pycache__/", "*/__pycache__/*"),
+    "intermediate Trainer checkpoint": ("checkpoint-*/",),
+    "pickle file (the weights are published as safetensors)": tuple(f"*{suffix}" for suffix in PICKLE_SUFFIXES),
+    "replaced by the rendered model card": (CARD_FILE,),
+}
+# Files the checks read: one that is a link to outside the directory would be checked but never uploaded.
+CHECKED_FILES = (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, PROCESSOR_FILE, RESULTS_FILE, "*.py", "*.safetensors")
 
 
 class ModelDirectoryError(ValueError):
@@ -79,7 +90,9 @@ def check_model_directory(model_dir: str | Path) -> CheckedModelDirectory:
     path = Path(model_dir)
     if not path.is_dir():
         raise ModelDirectoryError(path, [f"{path} is not a directory"])
-    problems = _missing_files(path)
+    files, skipped = _files_to_upload(path)
+    problems = _outside_link_problems(skipped)
+    problems += _missing_files(path)
     raw_config = _read_json(path / CONFIG_FILE, problems)
     if raw_config is not None:
         problems += _auto_map_problems(path, raw_config)
@@ -106,7 +119,6 @@ def check_model_directory(model_dir: str | Path) -> CheckedModelDirectory:
         problems.append(str(error))
     if problems:
         raise ModelDirectoryError(path, problems)
-    files, skipped = _files_to_upload(path)
     return CheckedModelDirectory(path, config, results, num_parameters, files, skipped)
 
 
@@ -265,22 +277,49 @@ def _processor_problems(path: Path, config: LapeViTConfig) -> list[str]:
     return []
 
 
+def _directory_entries(path: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every file inside `path` (relative POSIX paths), and the links that are not followed, with why.
+
+    `HfApi.upload_folder` would follow a link to a file anywhere on the disk; here a link is followed only when its
+    target lies inside the directory, and a linked folder is never entered.
+    """
+    root = path.resolve()
+    files, links = [], []
+    for folder, folder_names, file_names in os.walk(path):  # followlinks=False: linked folders are not entered
+        for name in sorted([*file_names, *folder_names]):
+            entry = Path(folder) / name
+            relative = entry.relative_to(path).as_posix()
+            if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                links.append((relative, f"a link to {entry.resolve()}, outside the model directory"))
+            elif entry.is_symlink() and entry.is_dir():
+                links.append((relative, "a link to a folder (not followed)"))
+            elif name in file_names and entry.is_file():
+                files.append(relative)
+    return sorted(files), links
+
+
 def _files_to_upload(path: Path) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
-    files, skipped = [], []
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path)
-        name = relative.as_posix()
-        if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
-            skipped.append((name, "hidden or cache file"))
-        elif relative.parts[0].startswith("checkpoint-") and len(relative.parts) > 1:
-            skipped.append((name, "intermediate Trainer checkpoint"))
-        elif file.suffix in PICKLE_SUFFIXES:
-            skipped.append((name, "pickle file (the weights are published as safetensors)"))
-        elif name == CARD_FILE:
-            skipped.append((name, "replaced by the rendered model card"))
-        else:
-            files.append(name)
-    return tuple(files), tuple(skipped)
+    """The files of the commit (everything `IGNORE_PATTERNS` lets through), and what is left out, with why."""
+    files, skipped = _directory_entries(path)
+    every_pattern = [pattern for patterns in IGNORE_PATTERNS.values() for pattern in patterns]
+    kept = list(filter_repo_objects(files, ignore_patterns=every_pattern))
+    for name in sorted(set(files) - set(kept)):
+        reason = next(
+            reason
+            for reason, patterns in IGNORE_PATTERNS.items()
+            if not list(filter_repo_objects([name], ignore_patterns=patterns))
+        )
+        skipped.append((name, reason))
+    return tuple(kept), tuple(skipped)
+
+
+def _outside_link_problems(skipped: tuple[tuple[str, str], ...]) -> list[str]:
+    """A file the model needs that links outside the directory: refused, since the commit would lack it."""
+    outside = {name: reason for name, reason in skipped if reason.endswith("outside the model directory")}
+    return [
+        f"{name} is {outside[name]}; copy the file into the directory (links to outside it are never uploaded)"
+        for name in filter_repo_objects(list(outside), allow_patterns=CHECKED_FILES)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
