@@ -326,12 +326,12 @@ class CandidateResult:
 
 @dataclass
 class Comparison:
-    """One of the issue's targets: `ratio` is the median of the per-round ratios (memory: the plain ratio)."""
+    """A ratio the report prints: the median of the per-round ratios (memory: the plain ratio). The figures a run is
+    compared against are in the README's Performance section, not here: this is a measuring tool."""
 
     what: str
     ratio: float
     best_round_ratio: float | None
-    target: str
     per_process: list[float] = field(default_factory=list)  # the ratio within each process, when there were several
 
 
@@ -401,35 +401,36 @@ class BenchmarkReport:
         return max(first.samples[mode]) / max(second.samples[mode])
 
     def comparisons(self) -> list[Comparison]:
-        """The issue's targets, measured; a ratio of speeds is > 1 when the first candidate is faster."""
+        """What LaPE costs (lape against the references and the add join) and the run's noise floor (the control
+        against the reference); a ratio of speeds is > 1 when the first candidate is faster."""
         rows = []
         for suffix in ("", "+compile"):
             lape, add = f"lape-vit[lape]{suffix}", f"lape-vit[add]{suffix}"
-            checks = [
-                (lape, REFERENCE + suffix, "training", "speed", ">= 1.00"),
-                (lape, REFERENCE + suffix, "inference", "speed", ">= 1.00"),
-                (lape, "timm-vit" + suffix, "training", "speed", ">= 0.95"),
-                (lape, "timm-vit" + suffix, "inference", "speed", ""),
-                (lape, add, "training", "speed", ">= 0.98"),
-                (lape, add, "inference", "speed", ">= 0.98"),
-                (lape, add, "training", "memory", "<= 1.01"),
-                (lape, add, "inference", "memory", "<= 1.01"),
+            pairs = [
+                (lape, REFERENCE + suffix, "training", "speed"),
+                (lape, REFERENCE + suffix, "inference", "speed"),
+                (lape, "timm-vit" + suffix, "training", "speed"),
+                (lape, "timm-vit" + suffix, "inference", "speed"),
+                (lape, add, "training", "speed"),
+                (lape, add, "inference", "speed"),
+                (lape, add, "training", "memory"),
+                (lape, add, "inference", "memory"),
             ]
-            for first, second, mode, metric, target in checks:
+            for first, second, mode, metric in pairs:
                 value = self.ratio(first, second, mode, metric)
                 if value is not None:
                     speed = metric == "speed"
                     best = self.best_round_ratio(first, second, mode) if speed else None
                     per_process = self.process_ratios(first, second, mode) if speed else []
                     what = f"{first} / {second}, {mode} {metric}"
-                    rows.append(Comparison(what, value, best, target, per_process))
+                    rows.append(Comparison(what, value, best, per_process))
             for mode in MODES:  # two copies of one model: how far apart identical models measure
                 control, reference = CONTROL + suffix, REFERENCE + suffix
                 value = self.ratio(control, reference, mode)
                 if value is not None:
                     best = self.best_round_ratio(control, reference, mode)
                     what = f"noise floor: {control} / {reference}, {mode} speed"
-                    rows.append(Comparison(what, value, best, "", self.process_ratios(control, reference, mode)))
+                    rows.append(Comparison(what, value, best, self.process_ratios(control, reference, mode)))
         return rows
 
     def format_table(self) -> str:
@@ -465,8 +466,7 @@ class BenchmarkReport:
         for row in self.comparisons():
             best = "" if row.best_round_ratio is None else f" (best rounds {row.best_round_ratio:.3f})"
             per_process = f" [per process: {', '.join(f'{r:.3f}' for r in row.per_process)}]" if row.per_process else ""
-            target = f"  target {row.target}" if row.target else ""
-            lines.append(f"{row.what}: {row.ratio:.3f}{best}{per_process}{target}")
+            lines.append(f"{row.what}: {row.ratio:.3f}{best}{per_process}")
         return "\n".join(lines)
 
     def format(self) -> str:
