@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from script_loader import load_script
 
 from lape_hf.cli import UserError, parse_args, script
 
@@ -108,3 +110,36 @@ class ListArguments:
 def test_positional_list_field():
     assert parse_args(ListArguments, ["a", "b"], description=None, positional="inputs").inputs == ["a", "b"]
     assert parse_args(ListArguments, ["--inputs", "a"], description=None, positional="inputs").inputs == ["a"]
+
+
+# The names every script spells the same way for the same thing.
+SHARED_NAMES = {
+    "train": ["--output_dir", "--model_name_or_path", "--per_device_train_batch_size"],
+    "compare_joins": ["--output_root", "--seeds"],
+    "predict": ["--model", "--batch_size", "--output_file", "--revision"],
+    "push_to_hub": ["--model", "--repo_id", "--revision", "--dry_run"],
+    "convert_checkpoint": ["--checkpoint", "--output_dir", "--pe_join", "--preset", "--config_overrides"],
+    "visualize_pe": ["--model", "--output_dir", "--summary_json"],
+    "benchmark": ["--batch_size", "--output_file", "--no_timm"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_NAMES))
+def test_every_script_has_help_with_the_shared_names(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(name).main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in SHARED_NAMES[name]:
+        assert flag in text, f"{name}.py --help does not list {flag}"
+
+
+def test_old_hyphenated_spellings_and_aliases_still_parse(tmp_path):
+    benchmark = load_script("benchmark")
+    old = benchmark.parse_args(["--batch-size", "3", "--output", "x.json", "--no-timm", "--no-memory"])
+    new = benchmark.parse_args(["--batch_size", "3", "--output_file", "x.json", "--no_timm", "--no_memory"])
+    assert old == new and (old.batch_size, old.timm, old.memory) == (3, False, False)
+    convert = load_script("convert_checkpoint")
+    arguments = ["--source", "timm", "--checkpoint", "c.pth", "--output", "out", "--set", "a=1", "--set", "b=[2]"]
+    parsed = convert.parse_args(convert.ConvertArguments, arguments, description=None)
+    assert parsed.output_dir == Path("out") and parsed.overrides() == {"a": 1, "b": [2]}
