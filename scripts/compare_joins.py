@@ -19,7 +19,7 @@ import sys
 from transformers import HfArgumentParser
 
 from lape_hf.training import DEMO_ARGS
-from lape_hf.training.experiments import CompareArguments, compare_joins, format_table, summary_paths
+from lape_hf.training.experiments import CompareArguments, compare_joins, format_comparison_table, summary_paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("lape_hf").setLevel(logging.INFO)
     summary = compare_joins(compare, [*recipe, *train_argv])
-    print(format_table(summary))
+    print(format_comparison_table(summary))
     print("Wrote {} and {}".format(*summary_paths(compare)))
     return 0
 

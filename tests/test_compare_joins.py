@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from lape_hf.training.experiments import CompareArguments, format_table, plan_runs, summarize
+from lape_hf.training.experiments import CompareArguments, format_comparison_table, plan_runs, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = (
@@ -100,7 +100,7 @@ def test_the_summary_is_the_mean_and_sample_std_of_the_runs(comparison):
     assert "mean_difference_vs_add" not in add
     assert summary["dataset"]["name"] == "imagefolder" and "seed" not in summary["training"]
 
-    table = format_table(summary).splitlines()
+    table = format_comparison_table(summary).splitlines()
     assert table[0].startswith("| PE type | join | seeds |") and len(table) == 4
     assert f"| learnable | lape | 2 | {100 * np.mean(accuracies['lape']):.2f} ± " in table[3]
 

@@ -19,12 +19,12 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import TINY_CCT, tiny_config
 from datasets import Array3D, ClassLabel, Dataset, Features
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser, TrainerCallback
 
-from lape_hf import LapeViTForImageClassification
+from lape_hf import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
 from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor
 from lape_hf.training import (
     ARGUMENT_CLASSES,
@@ -32,11 +32,12 @@ from lape_hf.training import (
     LapeTrainingArguments,
     ModelArguments,
     classification_loss,
-    classify_images,
     load_accuracy_metric,
     parse_config_overrides,
     run_training,
+    top_predictions,
 )
+from lape_hf.training.results import RESULTS_FILE, ResultsError, RunResults
 from lape_hf.training.run import _resolve_checkpoint
 from lape_hf.training.trainer import METRIC_PATH
 from lape_hf.training.transforms import (
@@ -197,12 +198,40 @@ def test_results_json_follows_the_contract(folder_run):
     assert on_disk["wall_time_seconds"] > 0
 
 
+def test_the_results_record_round_trips_and_checks_what_it_reads(folder_run, tmp_path):
+    results, output_dir = folder_run
+    record = RunResults.read(output_dir)
+    assert record.to_dict() == json.loads(json.dumps(results))
+    assert record.dataset.num_labels == 3 and record.training["num_processes"] == 1
+    # A hand-written record needs only the dataset and the metrics; unknown keys are kept as they were.
+    minimal = {"dataset": {"name": "mine"}, "metrics": {"eval_accuracy": 0.5}, "notes": "by hand"}
+    assert RunResults.from_dict(minimal).to_dict() == {"preset": None, **minimal}
+    written = RunResults.from_dict(minimal).write(tmp_path)
+    assert written == tmp_path / RESULTS_FILE and json.loads(written.read_text())["notes"] == "by hand"
+    with pytest.raises(ResultsError, match="must be a fraction in"):
+        RunResults.from_dict({**minimal, "metrics": {"eval_accuracy": 93.0}})
+    with pytest.raises(ResultsError, match="'training' must be an object"):
+        RunResults.from_dict({**minimal, "training": [1]})
+    assert RunResults.read(tmp_path / "nothing-here") is None
+
+
+def test_importing_the_results_record_loads_no_training_machinery():
+    """The model card imports it: no Trainer, datasets, evaluate or torchvision on the way."""
+    code = (
+        "import sys, lape_hf.training.results; "
+        "print(sorted(m for m in ('datasets', 'evaluate', 'transformers.trainer', 'lape_hf.training.run') "
+        "if m in sys.modules))"
+    )
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert process.stdout.strip() == "[]"
+
+
 def test_pipeline_classifies_raw_images_with_the_saved_model(folder_run, pattern_folders):
     _, output_dir = folder_run
     _, val_dir = pattern_folders
     paths = sorted(val_dir.rglob("*.png"))[::6]
     images = [PIL.Image.open(path) for path in paths]
-    predictions = classify_images(output_dir, images)
+    predictions = top_predictions(output_dir, images)
     model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
     processor = AutoImageProcessor.from_pretrained(output_dir)
     with torch.no_grad():
@@ -324,6 +353,41 @@ def test_weight_decay_spares_position_embeddings_tokens_norms_and_biases(tmp_pat
     assert "classifier.weight" in decayed and "lape_vit.encoder.layers.1.attention.qkv.weight" in decayed
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(use_distillation_token=True, relative_position_bias="lape", pe_join="unshare"),
+        dict(TINY_CCT, relative_position_bias="lape", position_embedding_type="learnable"),
+    ],
+    ids=["distilled-vit", "cct"],
+)
+def test_optimizer_groups_decay_exactly_the_linear_and_conv_weights(tmp_path, overrides):
+    """The no-decay group holds the PE, the class/distillation tokens, RPE tables, biases and norms; the decay group
+    holds the weights of the Linear and Conv layers, found here by module type (not by the model's own list)."""
+    config = tiny_config(**overrides)
+    model_class = (
+        LapeViTForImageClassificationWithTeacher if config.use_distillation_token else LapeViTForImageClassification
+    )
+    model = model_class(config)
+    args = LapeTrainingArguments(output_dir=str(tmp_path), weight_decay=0.05, eval_strategy="no")
+    optimizer = LapeTrainer(model=model, args=args).create_optimizer()
+    name_of = {id(parameter): name for name, parameter in model.named_parameters()}
+    groups = {group["weight_decay"]: {name_of[id(p)] for p in group["params"]} for group in optimizer.param_groups}
+    layer_weights = {
+        f"{module_name}.weight"
+        for module_name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+    }
+    assert groups[0.05] == layer_weights
+    assert groups[0.0] == set(name_of.values()) - layer_weights
+    spared = groups[0.0]
+    assert any("position_embedding" in name for name in spared)
+    assert all(name in spared for name in name_of.values() if name.endswith((".bias", "_token", ".table")))
+    assert all(name in spared for name in name_of.values() if "norm" in name)
+    if config.use_distillation_token:
+        assert {"lape_vit.embeddings.cls_token", "lape_vit.embeddings.distillation_token"} <= spared
+
+
 class SlowDataset(torch.utils.data.Dataset):
     """Every item takes `delay` seconds to load: with no workers, the training loop waits that long for it."""
 
@@ -408,6 +472,19 @@ def test_the_shipped_metric_module_loads_offline_and_counts_top_k(monkeypatch):
     }
 
 
+@pytest.mark.parametrize("num_classes,k", [(2, 1), (2, 2), (3, 2), (4, 3), (10, 5)])
+def test_the_metric_counts_top_k_with_few_classes_and_classes_missing_from_the_references(num_classes, k):
+    """Independent count: a reference is a hit when fewer than k classes score strictly higher (no ties here)."""
+    metric = load_accuracy_metric()
+    rng = np.random.default_rng(num_classes * 10 + k)
+    scores = rng.normal(size=(40, num_classes))
+    references = rng.integers(0, max(1, num_classes - 1), 40)  # the last class never occurs as a reference
+    result = metric.compute(predictions=scores, references=references, k=k)
+    higher = (scores > scores[np.arange(40), references][:, None]).sum(axis=1)
+    assert result["accuracy"] == pytest.approx(np.mean(higher == 0))
+    assert result[f"top{k}_accuracy"] == pytest.approx(np.mean(higher < k))
+
+
 def prepared_toy_split(count: int = 6, size: int = 16) -> Dataset:
     pixels = np.random.default_rng(0).integers(0, 256, (count, 3, size, size), dtype=np.uint8)
     features = Features(
@@ -482,6 +559,12 @@ def test_bad_arguments_fail_early_with_what_is_allowed():
         parse_config_overrides("hiden_size=3")
     with pytest.raises(ValueError, match="not of the form name=value"):
         parse_config_overrides("image_size")
+    # A list is one value (update_from_string would split it at its comma); values take the field's type.
+    assert parse_config_overrides("image_size=[16,32],patch_size=4") == {"image_size": [16, 32], "patch_size": 4}
+    with pytest.raises(ValueError, match="qkv_bias='no' must be true or false"):
+        parse_config_overrides("qkv_bias=no")
+    with pytest.raises(ValueError, match="hidden_size='1.5' is not of the field's type"):
+        parse_config_overrides("hidden_size=1.5")
     with pytest.raises(ValueError, match="Unknown preset 'vit-huge'"):
         ModelArguments(preset="vit-huge")
     with pytest.raises(ValueError, match="Give one of"):
@@ -492,12 +575,19 @@ def test_bad_arguments_fail_early_with_what_is_allowed():
         LapeTrainingArguments(output_dir="x", remove_unused_columns=True)
 
 
-def test_resume_from_last_finds_the_newest_checkpoint(tmp_path):
+def test_resume_from_last_finds_the_newest_complete_checkpoint(tmp_path, caplog):
     for step in (3, 12, 6):
         (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     args = LapeTrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint="last")
     assert _resolve_checkpoint(args) == str(tmp_path / "checkpoint-12")
-    with pytest.raises(ValueError, match="no checkpoint in"):
+    # A run killed while saving leaves a checkpoint without trainer_state.json (the Trainer writes it last).
+    (tmp_path / "checkpoint-15").mkdir()
+    (tmp_path / "checkpoint-15" / "model.safetensors").write_bytes(b"partial")
+    with caplog.at_level("WARNING", logger="lape_hf.training.run"):
+        assert _resolve_checkpoint(args) == str(tmp_path / "checkpoint-12")
+    assert "Skipping the incomplete checkpoint" in caplog.text and "checkpoint-15" in caplog.text
+    with pytest.raises(ValueError, match="no complete checkpoint in"):
         _resolve_checkpoint(LapeTrainingArguments(output_dir=str(tmp_path / "empty"), resume_from_checkpoint="last"))
     with pytest.raises(ValueError, match="is not a checkpoint directory"):
         _resolve_checkpoint(LapeTrainingArguments(output_dir="x", resume_from_checkpoint=str(tmp_path / "missing")))

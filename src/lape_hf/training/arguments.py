@@ -11,22 +11,11 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import (
-    TrainingArguments,
-)
-
-try:
-    import resource
-except ImportError:  # Windows
-    resource = None
+from transformers import TrainingArguments
 
 from ..models.lape_vit.configuration_lape_vit import PRESETS
-from .data import (
-    DIGITS_DATASET_NAME,
-)
-from .transforms import (
-    AugmentationArguments,
-)
+from .data import DIGITS_DATASET_NAME
+from .transforms import AugmentationArguments
 
 DEFAULT_PRESET = "vit-lite-7/4"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
+from .results import RESULTS_FILE, RunResults
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class CompareArguments:
     parallel_runs: int = field(
         default=1, metadata={"help": "Runs at a time, each in its own process (use torch_num_threads=1 with > 1)."}
     )
-    overwrite: bool = field(default=False, metadata={"help": "Re-run settings whose results.json already exists."})
+    overwrite: bool = field(default=False, metadata={"help": f"Re-run settings whose {RESULTS_FILE} already exists."})
     summary_name: str = field(
         default="compare_joins",
         metadata={"help": "File name (without extension) of the summary JSON and PNG in --output_root."},
@@ -112,10 +113,11 @@ def compare_joins(compare: CompareArguments, base_argv: Sequence[str]) -> dict[s
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
     pending = []
     for position_embedding_type, pe_join, seed, argv in runs:
-        results_file = run_directory(compare.output_root, position_embedding_type, pe_join, seed) / "results.json"
-        if results_file.exists() and not compare.overwrite:
-            logger.info("Reusing %s", results_file)
-            results[(position_embedding_type, pe_join, seed)] = json.loads(results_file.read_text())
+        directory = run_directory(compare.output_root, position_embedding_type, pe_join, seed)
+        finished = None if compare.overwrite else RunResults.read(directory)
+        if finished is not None:
+            logger.info("Reusing %s", directory / RESULTS_FILE)
+            results[(position_embedding_type, pe_join, seed)] = finished.to_dict()
         else:
             pending.append(((position_embedding_type, pe_join, seed), argv))
     # Fresh processes: no state (threads, seeds, logging) leaks from one run into the next.
@@ -194,7 +196,7 @@ def summarize(compare: CompareArguments, results: dict[tuple[str, str, int], dic
     }
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def format_comparison_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table (accuracies in %, mean ± sample std over seeds)."""
     lines = [
         "| PE type | join | seeds | test accuracy (%) mean ± std | min | max | Δ vs add, paired (pp) |",

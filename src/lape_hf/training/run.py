@@ -1,18 +1,21 @@
 """A whole training run: data, model and image processor, Trainer, train, evaluate, save (`run_training`).
 
-`build_config` and `build_model_and_processor` are usable on their own (a preset, a config file or a checkpoint to
-fine-tune, with overrides and the data's label set); `classify_images` runs pipeline() on a saved model.
+`run_training` is four named steps: `prepare_run` (data, model, image processor), `build_trainer`, `train_and_evaluate`
+(and save), then the `results.json` record. `build_config` and `build_model_and_processor` are usable on their own
+(a preset, a config file or a checkpoint to fine-tune, with overrides and the data's label set); `top_predictions`
+runs pipeline() on a saved model.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import time
+import typing
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,10 +24,10 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageClassification,
     ViTImageProcessor,
-    pipeline,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import sort_checkpoints
 
 try:
     import resource
@@ -38,6 +41,7 @@ from ..models.lape_vit.modeling_lape_vit import (
     LapeViTForImageClassificationWithTeacher,
     LapeViTPreTrainedModel,
 )
+from ..predict import load_classifier
 from .arguments import DEFAULT_PRESET, DataArguments, LapeTrainingArguments, ModelArguments, RunArguments
 from .data import (
     DIGITS_DATASET_NAME,
@@ -47,7 +51,7 @@ from .data import (
     open_images,
     prepare_splits,
 )
-from .results import RESULTS_FILE, build_results
+from .results import build_results, training_record
 from .trainer import LapeTrainer, build_compute_metrics
 from .transforms import (
     AugmentationArguments,
@@ -59,33 +63,69 @@ from .transforms import (
 
 logger = logging.getLogger(__name__)
 
-METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "top_k_accuracy"
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at the commas that are not inside brackets: 'a=1,image_size=[16,32]' -> ['a=1', 'image_size=[16,32]']."""
+    items, depth, start = [], 0, 0
+    for index, character in enumerate(text):
+        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            items.append(text[start:index])
+            start = index + 1
+    return [*items, text[start:]]
 
 
-def _parse_override_value(text: str) -> Any:
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text.strip()
+@functools.cache
+def _config_field_types() -> dict[str, Any]:
+    return typing.get_type_hints(LapeViTConfig, localns={"torch": torch})
+
+
+def _convert_override(name: str, text: str) -> Any:
+    """`text` as a value of the config field's declared type (bool, int, float, str, or a list for image_size)."""
+    hint = _config_field_types()[name]
+    allowed = set(typing.get_args(hint)) or {hint}
+    text = text.strip()
+    if bool in allowed:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"config_overrides: {name}={text!r} must be true or false.")
+        return text.lower() == "true"
+    if text.startswith("[") and any(typing.get_origin(kind) in (list, tuple) for kind in allowed):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config_overrides: {name}={text!r} is not a list such as [16,32]: {error}.") from None
+    for kind in (int, float):
+        if kind in allowed:
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+    if str in allowed:
+        return text
+    raise ValueError(f"config_overrides: {name}={text!r} is not of the field's type ({hint}).")
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """'a=1,b=gelu,c=true' -> {'a': 1, 'b': 'gelu', 'c': True}; keys must be LapeViTConfig fields."""
+    """'a=1,b=gelu,c=true,image_size=[16,32]' -> {'a': 1, 'b': 'gelu', 'c': True, 'image_size': [16, 32]}.
+
+    The syntax of `PretrainedConfig.update_from_string`, which does not fit here: it splits inside a list, takes a
+    value's type from the current value (so image_size cannot become a [height, width] pair), and sets fields one at
+    a time on a built config, where the overrides must build one config together (a preset's image_size and
+    patch_size change as a pair). So: split at top-level commas, convert by the field's declared type, and let
+    `LapeViTConfig` check the values.
+    """
     if not text:
         return {}
-    allowed = {field_.name for field_ in dataclasses.fields(LapeViTConfig)}
     overrides = {}
-    for item in text.split(","):
+    for item in _split_top_level(text):
         key, separator, value = item.partition("=")
         key = key.strip()
         if not separator or not key:
             raise ValueError(f"config_overrides item {item!r} is not of the form name=value (in {text!r}).")
-        if key not in allowed:
-            raise ValueError(f"config_overrides: {key!r} is not a LapeViTConfig field; allowed: {sorted(allowed)}.")
-        overrides[key] = _parse_override_value(value)
+        if key not in _config_field_types():
+            allowed = sorted(field_.name for field_ in dataclasses.fields(LapeViTConfig))
+            raise ValueError(f"config_overrides: {key!r} is not a LapeViTConfig field; allowed: {allowed}.")
+        overrides[key] = _convert_override(key, value)
     return overrides
 
 
@@ -184,41 +224,56 @@ def _cpu_seconds() -> float:
     return sum(item.ru_utime + item.ru_stime for item in usage)
 
 
-def classify_images(model_dir: str | os.PathLike, images: list) -> list[dict[str, Any]]:
-    """Top prediction of `pipeline("image-classification")` for each image, from a saved model directory."""
-    classifier = pipeline("image-classification", model=str(model_dir), device="cpu")
-    return [predictions[0] for predictions in classifier(images, top_k=1)]
+def _resolve_checkpoint(training_args: LapeTrainingArguments) -> str | None:
+    """The checkpoint to resume from: a directory as given, or for "last" (also "true", "latest") the newest
+    *complete* one in output_dir; a clear error when there is none.
 
-
-def _resolve_checkpoint(training_args: LapeTrainingArguments) -> str | bool | None:
+    Not `Trainer.train(resume_from_checkpoint=True)`: its `get_last_checkpoint` takes the highest step even when that
+    checkpoint is incomplete (a run killed while saving: no trainer_state.json, which the Trainer writes last), and
+    then fails deep inside loading. Here such a checkpoint is skipped with a warning naming it.
+    """
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None:
         return None
-    if str(checkpoint).lower() in ("true", "last", "latest"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is None:
-            raise ValueError(f"resume_from_checkpoint={checkpoint!r}: no checkpoint in {training_args.output_dir!r}.")
-        return last
-    if not os.path.isdir(checkpoint):
-        raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a checkpoint directory.")
-    return checkpoint
+    if str(checkpoint).lower() not in ("true", "last", "latest"):
+        if not os.path.isdir(checkpoint):
+            raise ValueError(f"resume_from_checkpoint={checkpoint!r} is not a checkpoint directory.")
+        return checkpoint
+    output_dir = training_args.output_dir
+    newest_first = sort_checkpoints(output_dir)[::-1] if os.path.isdir(output_dir) else []
+    for candidate in newest_first:
+        if os.path.isfile(os.path.join(candidate, TRAINER_STATE_NAME)):
+            return candidate
+        logger.warning("Skipping the incomplete checkpoint %s (no %s).", candidate, TRAINER_STATE_NAME)
+    raise ValueError(f"resume_from_checkpoint={checkpoint!r}: no complete checkpoint in {output_dir!r}.")
 
 
-def run_training(
+def top_predictions(model_dir: str | os.PathLike, images: list) -> list[dict[str, Any]]:
+    """The top prediction (label, score) of `pipeline("image-classification")` for each decoded image, from a saved
+    model directory. (`lape_hf.predict.classify_images` is the user-facing one: files in, top-k or a reason out.)"""
+    classifier = load_classifier(str(model_dir), device="cpu")
+    return [predictions[0] for predictions in classifier(images, top_k=1)]
+
+
+@dataclasses.dataclass
+class _PreparedRun:
+    """What the steps of `run_training` hand on: the model and its processor, the data, and the time it took."""
+
+    model: LapeViTPreTrainedModel
+    image_processor: ViTImageProcessor
+    data: ImageClassificationSplits
+    augmentation: AugmentationArguments  # horizontal_flip resolved for the data
+    preparation_seconds: float
+
+
+def prepare_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     augmentation: AugmentationArguments,
     training_args: LapeTrainingArguments,
-    run_args: RunArguments | None = None,
-) -> dict[str, Any]:
-    """Train, evaluate and save (model, image processor, custom code, `results.json`); returns the results."""
-    run_args = run_args or RunArguments()
-    checkpoint = _resolve_checkpoint(training_args)
-    if run_args.torch_num_threads is not None:
-        torch.set_num_threads(run_args.torch_num_threads)
-    set_seed(training_args.seed)
-
-    preparation_start = time.perf_counter()
+) -> _PreparedRun:
+    """Load the data, build the model and processor, prepare both splits at the model's resolution."""
+    start = time.perf_counter()
     with training_args.main_process_first(desc="dataset preparation"):
         raw, dataset_name = load_raw_splits(
             data_args.dataset_name,
@@ -247,34 +302,45 @@ def run_training(
         )
     if augmentation.horizontal_flip is None:  # digits are not mirror-symmetric; natural images are
         augmentation = dataclasses.replace(augmentation, horizontal_flip=data.dataset_name != DIGITS_DATASET_NAME)
+    return _PreparedRun(model, image_processor, data, augmentation, time.perf_counter() - start)
+
+
+def build_trainer(prepared: _PreparedRun, training_args: LapeTrainingArguments) -> LapeTrainer:
+    """The Trainer over the prepared splits: seeded per-sample augmentation, the batch collator, top-k metrics."""
+    augmentation, processor = prepared.augmentation, prepared.image_processor
     train_dataset = ImageClassificationDataset(
-        data.train,
-        build_train_transform(augmentation, image_processor, augmentation.horizontal_flip),
+        prepared.data.train,
+        build_train_transform(augmentation, processor, augmentation.horizontal_flip),
         seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
     )
-    eval_dataset = ImageClassificationDataset(data.eval)
-    preparation_seconds = time.perf_counter() - preparation_start
-
-    trainer = LapeTrainer(
-        model=model,
+    return LapeTrainer(
+        model=prepared.model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        eval_dataset=ImageClassificationDataset(prepared.data.eval),
         data_collator=ImageClassificationCollator(
-            image_processor, data.num_labels, augmentation.mixup, augmentation.cutmix, augmentation.random_erasing
+            processor, prepared.data.num_labels, augmentation.mixup, augmentation.cutmix, augmentation.random_erasing
         ),
-        processing_class=image_processor,
+        processing_class=processor,
         compute_metrics=build_compute_metrics(),
         callbacks=[EpochCallback(train_dataset)],
     )
+
+
+def train_and_evaluate(
+    trainer: LapeTrainer, checkpoint: str | None, preparation_seconds: float
+) -> tuple[dict[str, float], float, dict[str, Any]]:
+    """Train (resuming from `checkpoint`), evaluate, save the model and the Trainer's state and metrics files;
+    returns the eval metrics, the wall time of training and evaluation, and the timings."""
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate()
     wall_time_seconds = time.perf_counter() - start
     cpu_seconds = _cpu_seconds() - cpu_start
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(trainer.args.output_dir)
     trainer.save_state()  # trainer_state.json: the log history (loss, learning rate, eval metrics per step)
-
+    trainer.save_metrics("train", train_result.metrics)  # train_results.json, eval_results.json, all_results.json
+    trainer.save_metrics("eval", metrics)
     train_seconds = train_result.metrics.get("train_runtime", 0.0)
     timing = {
         "data_preparation_seconds": preparation_seconds,
@@ -286,25 +352,49 @@ def run_training(
         "data_wait_fraction": trainer.data_wait_seconds / train_seconds if train_seconds > 0 else None,
         "train_loss": train_result.metrics.get("train_loss"),
         "torch_num_threads": torch.get_num_threads(),
-        "dataloader_num_workers": training_args.dataloader_num_workers,
+        "dataloader_num_workers": trainer.args.dataloader_num_workers,
     }
+    return metrics, wall_time_seconds, timing
+
+
+def _preset_of(model_args: ModelArguments) -> str | None:
+    """The preset trained from, if any (the default one when no checkpoint or config file is given)."""
+    if model_args.preset or model_args.model_name_or_path or model_args.config_name:
+        return model_args.preset
+    return DEFAULT_PRESET
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    augmentation: AugmentationArguments,
+    training_args: LapeTrainingArguments,
+    run_args: RunArguments | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save (model, image processor, custom code, `results.json`); returns the results record
+    as written (`RunResults.to_dict()`)."""
+    run_args = run_args or RunArguments()
+    checkpoint = _resolve_checkpoint(training_args)
+    if run_args.torch_num_threads is not None:
+        torch.set_num_threads(run_args.torch_num_threads)
+    set_seed(training_args.seed)
+    prepared = prepare_run(model_args, data_args, augmentation, training_args)
+    trainer = build_trainer(prepared, training_args)
+    metrics, wall_time_seconds, timing = train_and_evaluate(trainer, checkpoint, prepared.preparation_seconds)
     results = build_results(
         trainer.model,
-        model_args,
-        data,
+        _preset_of(model_args),
+        prepared.data,
         metrics,
-        training_args,
-        augmentation,
-        trainer.accelerator.num_processes,
+        training_record(training_args, prepared.augmentation, trainer.accelerator.num_processes),
         wall_time_seconds,
-        extra={"timing": timing},
+        timing,
     )
     if trainer.is_world_process_zero():
         if run_args.classify_examples > 0:
-            results["examples"] = _classify_held_out(training_args.output_dir, data, run_args.classify_examples)
-        with open(os.path.join(training_args.output_dir, RESULTS_FILE), "w") as file:
-            json.dump(results, file, indent=2)
-    return results
+            results.examples = _classify_held_out(training_args.output_dir, prepared.data, run_args.classify_examples)
+        results.write(training_args.output_dir)
+    return results.to_dict()
 
 
 def _classify_held_out(model_dir: str, data: ImageClassificationSplits, count: int) -> list[dict[str, Any]]:
@@ -312,7 +402,7 @@ def _classify_held_out(model_dir: str, data: ImageClassificationSplits, count: i
     subset = data.raw_eval.select(range(min(count, len(data.raw_eval))))
     images = open_images(subset)
     kept = [(index, image) for index, image in enumerate(images) if image is not None]
-    predictions = classify_images(model_dir, [image for _, image in kept])
+    predictions = top_predictions(model_dir, [image for _, image in kept])
     labels = subset["label"]
     return [
         {

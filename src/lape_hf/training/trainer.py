@@ -11,16 +11,7 @@ import evaluate
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    EvalPrediction,
-    Trainer,
-)
-
-try:
-    import resource
-except ImportError:  # Windows
-    resource = None
-
+from transformers import EvalPrediction, Trainer
 
 logger = logging.getLogger(__name__)
 

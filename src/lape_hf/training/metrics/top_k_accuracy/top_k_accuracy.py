@@ -2,12 +2,14 @@
 
 `evaluate.load("accuracy")` fetches its script from the Hub, which fails offline; this module is loaded by path
 (`lape_hf.training.load_accuracy_metric()`), online and offline alike. It takes the scores (logits or
-probabilities) rather than predicted classes, so that one pass gives both top-1 and top-k accuracy.
+probabilities) rather than predicted classes, so that one pass gives both top-1 and top-k accuracy. The counting is
+scikit-learn's (`accuracy_score` of the argmax, so a tie goes to the lower class index; `top_k_accuracy_score`).
 """
 
 import datasets
 import evaluate
 import numpy as np
+from sklearn.metrics import accuracy_score, top_k_accuracy_score
 
 _DESCRIPTION = """
 Top-1 accuracy (the fraction of examples whose highest-scoring class is the reference) and top-k accuracy (the
@@ -54,7 +56,11 @@ class TopKAccuracy(evaluate.Metric):
             raise ValueError(f"references must be class indices in [0, {num_classes}), got {sorted(set(targets))}.")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k={k!r} must be a positive integer.")
-        # Stable descending order: ties go to the lower class index, as with argmax.
-        ranking = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, num_classes)]
-        hits = ranking == targets[:, None]
-        return {"accuracy": float(hits[:, 0].mean()), f"top{k}_accuracy": float(hits.any(axis=1).mean())}
+        accuracy = float(accuracy_score(targets, scores.argmax(axis=1))) if targets.size else float("nan")
+        if k >= num_classes:  # every class is among the top k: sklearn warns, and refuses two-column binary scores
+            top_k = 1.0 if targets.size else float("nan")
+        elif k == 1:
+            top_k = accuracy
+        else:  # here num_classes > k >= 2: sklearn's multiclass case; `labels` names classes absent from references
+            top_k = top_k_accuracy_score(targets, scores, k=k, labels=np.arange(num_classes))
+        return {"accuracy": accuracy, f"top{k}_accuracy": float(top_k)}
