@@ -8,7 +8,8 @@
 
 Every argument of scripts/train.py applies to all runs (after the recipe's, so they win). Each run's model directory
 is kept under --output_root/<pe type>-<join>/seed-<seed>/; an interrupted comparison reuses finished runs.
-Writes --output_root/compare_joins.json and compare_joins.png (--summary_name) and prints a Markdown table.
+Writes --output_root/compare_joins.json and compare_joins.png (--summary_name) and prints a Markdown table. A user
+error is one line on stderr and exit status 2 (`lape_hf.cli`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import sys
 
 from transformers import HfArgumentParser
 
+from lape_hf.cli import script
 from lape_hf.training import DEMO_ARGS
 from lape_hf.training.experiments import CompareArguments, compare_joins, format_comparison_table, summary_paths
 
 
+@script
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     compare, train_argv = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(

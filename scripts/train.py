@@ -8,7 +8,8 @@
     accelerate launch --num_processes 2 scripts/train.py ...         # data-parallel, any accelerate config
     python scripts/train.py args.json                                # all arguments from a JSON (or YAML) file
 
-`--help` lists every argument (model, data, augmentation and transformers' TrainingArguments).
+`--help` lists every argument (model, data, augmentation and transformers' TrainingArguments). A user error (a bad
+value, a missing path, no checkpoint to resume) is one line on stderr and exit status 2 (`lape_hf.cli`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import sys
 from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
+from lape_hf.cli import UserError, script
 from lape_hf.training import ARGUMENT_CLASSES, DEMO_ARGS, run_training
 from lape_hf.training.results import format_report
 
 
+@script
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
@@ -30,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         parse_file = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         arguments = parse_file(argv[0])
         if arguments[-1].demo:
-            raise SystemExit(
-                f"error: {argv[0]} sets demo: true; the demo recipe applies to command lines (--demo). Put the "
+            raise UserError(
+                f"{argv[0]} sets demo: true; the demo recipe applies to command lines (--demo). Put the "
                 "recipe's arguments (lape_hf.training.DEMO_ARGS) in the file instead."
             )
     else:

@@ -603,7 +603,7 @@ def train_script_parse(monkeypatch, *argv: str) -> tuple:
     def fake_run_training(*arguments):
         raise Parsed(arguments)
 
-    monkeypatch.setitem(main.__globals__, "run_training", fake_run_training)
+    monkeypatch.setitem(main.__wrapped__.__globals__, "run_training", fake_run_training)  # main is wrapped by @script
     with pytest.raises(Parsed) as parsed:
         main(list(argv))
     return parsed.value.args[0]
@@ -619,12 +619,14 @@ def test_the_demo_recipe_comes_first_and_the_command_line_wins(monkeypatch, tmp_
     assert model_args.pe_join == "lape" and augmentation.horizontal_flip is None
 
 
-def test_an_arguments_file_asking_for_the_demo_is_refused(monkeypatch, tmp_path):
+def test_an_arguments_file_asking_for_the_demo_is_refused(tmp_path, capsys):
     arguments_file = tmp_path / "args.json"
     arguments_file.write_text(json.dumps({"demo": True, "output_dir": str(tmp_path)}))
     main = runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
-    with pytest.raises(SystemExit, match="sets demo: true; the demo recipe applies to command lines"):
-        main([str(arguments_file)])
+    assert main([str(arguments_file)]) == 2  # a user error: one line, no traceback
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "sets demo: true; the demo recipe applies to command lines" in error
+    assert len(error.strip().splitlines()) == 1
 
 
 def run_script(*command: str, timeout: int) -> subprocess.CompletedProcess:
@@ -681,3 +683,18 @@ def test_the_readme_demo_reaches_97_percent_on_the_digits(tmp_path):
     assert results["metrics"]["eval_accuracy"] >= 0.97
     assert "Eval accuracy" in process.stdout and "pipeline('image-classification')" in process.stdout
     assert len(results["examples"]) == 8
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--config_overrides=hiden_size=3"], "'hiden_size' is not a LapeViTConfig field"),
+        (["--preset=vit-huge"], "Unknown preset 'vit-huge'"),
+        (["--resume_from_checkpoint=last"], "no complete checkpoint in"),
+    ],
+)
+def test_train_script_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    main = runpy.run_path(str(ROOT / "scripts" / "train.py"))["main"]
+    assert main([*argv, f"--output_dir={tmp_path / 'out'}", "--max_steps=1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error and len(error.strip().splitlines()) == 1
