@@ -23,23 +23,23 @@ from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification
 from .core import (
     Check,
     CheckpointConversionError,
+    Layout,
     WeightSource,
     check_choice,
     check_override_names,
     check_preset_name,
-    detect_position_embedding_type,
     fill_model,
     layer_indices,
-    position_tables,
+    plan_position_embedding,
     renamed,
-    resolve_config,
-    sinusoidal_check,
+    resolve_layout_config,
     square_side,
 )
 
 CCT_LAYOUT = "Compact Transformers (CCT/CVT/ViT-Lite)"
 _PRESET_FAMILY = ("cct-", "cvt-", "vit-lite-")
 _CONV_PREFIX = "tokenizer.conv_layers."
+_PE_KEY = "classifier.positional_emb"
 
 _LAYER_MODULES = {
     "layernorm_before": "pre_norm",
@@ -154,41 +154,30 @@ def convert_cct_state_dict(
     check_preset_name(preset)
     check_override_names(overrides)
     inferred, defaults, grid_side = _infer_architecture(state_dict)
-    stored_table = state_dict.get("classifier.positional_emb")
-    has_table = isinstance(stored_table, torch.Tensor)
-    # Facts of the layout, not shapes: they go with the overrides, so a preset cannot contradict them (e.g. the
-    # `vit-lite-*` presets keep ViT's pre-norm layer, while these weights were trained with CCT's).
+    stored_table = state_dict.get(_PE_KEY)
+    # e.g. the `vit-lite-*` presets keep ViT's pre-norm layer, while these weights were trained with CCT's.
     choices = {
         "pe_join": "add",
         "encoder_layer_form": "post_attention_norm",
-        "position_embedding_type": position_embedding_type or ("learnable" if has_table else "none"),
+        "position_embedding_type": position_embedding_type
+        or ("learnable" if isinstance(stored_table, torch.Tensor) else "none"),
     }
-
-    def resolve():
-        return resolve_config(
-            layout=CCT_LAYOUT,
-            inferred=inferred,
-            token_grid_side=grid_side,
-            preset=preset,
-            overrides={**choices, **overrides},
-            layout_defaults=defaults,
-            preset_family=_PRESET_FAMILY,
-        )[0]
-
-    config = resolve()
-    if position_embedding_type is None and has_table:
-        choices["position_embedding_type"] = detect_position_embedding_type(config, stored_table)
-        config = resolve()
+    config = resolve_layout_config(
+        Layout(CCT_LAYOUT, defaults, _PRESET_FAMILY),
+        inferred=inferred,
+        token_grid_side=grid_side,
+        preset=preset,
+        choices=choices,
+        overrides=overrides,
+        stored_table=stored_table,
+        detect_position_embedding=position_embedding_type is None,
+    )
 
     model = LapeViTForImageClassification(config)
     target_keys = list(model.state_dict())
     conv_keys = [key for key in target_keys if key.startswith("lape_vit.embeddings.tokenizer.layers.")]
     plan = {key: weight for key in target_keys if (weight := _source_name(key, conv_keys)) is not None}
     checks: dict[str, Check] = {}
-    pe_key = "lape_vit.embeddings.position_embedding.position_embeddings"
-    if config.position_embedding_type == "learnable":
-        plan[pe_key] = position_tables("classifier.positional_emb")
-    elif config.position_embedding_type != "none":
-        checks["classifier.positional_emb"] = sinusoidal_check(config, "classifier.positional_emb")
+    plan_position_embedding(config, plan, checks, (_PE_KEY,))
     fill_model(model, state_dict, plan, checks, CCT_LAYOUT)
     return model.eval()

@@ -337,3 +337,70 @@ def sinusoidal_check(config: LapeViTConfig, key: str) -> Check:
         )
 
     return check
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The steps every state-dict converter shares: a layout differs only in its rename table, what it infers from the
+# shapes and its fixed choices
+# ---------------------------------------------------------------------------------------------------------------------
+POSITION_EMBEDDING_KEY = "lape_vit.embeddings.position_embedding.position_embeddings"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a source layout fixes for `resolve_layout_config`: its name in messages, the config values its code
+    always used (`defaults`), and the name prefixes of the presets that describe its models."""
+
+    name: str
+    defaults: Mapping[str, Any]
+    preset_family: tuple[str, ...]
+
+
+def resolve_layout_config(
+    layout: Layout,
+    *,
+    inferred: Mapping[str, Any],
+    token_grid_side: int | None,
+    preset: str | None,
+    choices: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+    stored_table: Any,
+    detect_position_embedding: bool,
+) -> LapeViTConfig:
+    """`resolve_config` for `layout`, with its fixed `choices` (facts of the layout, not shapes: they go with the
+    overrides, so that no preset can contradict them). When `detect_position_embedding`, the PE type is then read from
+    the stored table (a sinusoidal table is that fixed type, checked by value) and the config resolved again."""
+
+    def resolve(choices: Mapping[str, Any]) -> LapeViTConfig:
+        return resolve_config(
+            layout=layout.name,
+            inferred=inferred,
+            token_grid_side=token_grid_side,
+            preset=preset,
+            overrides={**choices, **overrides},
+            layout_defaults=layout.defaults,
+            preset_family=layout.preset_family,
+        )[0]
+
+    config = resolve(choices)
+    if detect_position_embedding and isinstance(stored_table, torch.Tensor):
+        detected = detect_position_embedding_type(config, stored_table)
+        config = resolve({**choices, "position_embedding_type": detected})
+    return config
+
+
+def plan_position_embedding(
+    config: LapeViTConfig,
+    plan: dict[str, WeightSource],
+    checks: dict[str, Check],
+    source_keys: tuple[str, ...],
+    check_key: str | None = None,
+) -> None:
+    """Add the absolute PE to a conversion: a learnable table is loaded from `source_keys` (one per layer for
+    'unshare'); a sinusoidal one is recomputed by LapeViT, so the stored table (`check_key`, by default the first
+    source key) is only checked against it."""
+    if config.position_embedding_type == "learnable":
+        plan[POSITION_EMBEDDING_KEY] = position_tables(*source_keys)
+    elif config.position_embedding_type != "none":
+        key = check_key or source_keys[0]
+        checks[key] = sinusoidal_check(config, key)

@@ -24,17 +24,16 @@ from ..models.lape_vit.modeling_lape_vit import (
 from .core import (
     Check,
     CheckpointConversionError,
+    Layout,
     WeightSource,
     check_choice,
     check_override_names,
     check_preset_name,
-    detect_position_embedding_type,
     fill_model,
     layer_indices,
-    position_tables,
+    plan_position_embedding,
     renamed,
-    resolve_config,
-    sinusoidal_check,
+    resolve_layout_config,
     square_side,
 )
 
@@ -190,51 +189,34 @@ def _convert_timm_names(
                 "every layer ('lape_shared'); its 'basic' join is 'add'."
             )
         pe_join = candidates[0]
-    stored_key = "pos_embed0" if pe_join == "unshare" else "pos_embed"
-    stored_table = state_dict.get(stored_key)
-    has_table = isinstance(stored_table, torch.Tensor)
-    # The PE choices and the layer form are not shapes: they go with the overrides, so no preset can contradict them.
+    stored_table = state_dict.get("pos_embed0" if pe_join == "unshare" else "pos_embed")
     choices = {
         "pe_join": pe_join,
         "encoder_layer_form": "pre_norm",
-        "position_embedding_type": position_embedding_type or ("learnable" if has_table else "none"),
+        "position_embedding_type": position_embedding_type
+        or ("learnable" if isinstance(stored_table, torch.Tensor) else "none"),
         "relative_position_bias": inferred.pop("relative_position_bias", "none"),
     }
-
-    def resolve():
-        return resolve_config(
-            layout=layout,
-            inferred=inferred,
-            token_grid_side=grid_side,
-            preset=preset,
-            overrides={**choices, **overrides},
-            layout_defaults=_LAYOUT_DEFAULTS,
-            preset_family=_PRESET_FAMILY,
-        )[0]
-
-    config = resolve()
-    if position_embedding_type is None and has_table and pe_join != "unshare":
-        choices["position_embedding_type"] = detect_position_embedding_type(config, stored_table)
-        config = resolve()
+    config = resolve_layout_config(
+        Layout(layout, _LAYOUT_DEFAULTS, _PRESET_FAMILY),
+        inferred=inferred,
+        token_grid_side=grid_side,
+        preset=preset,
+        choices=choices,
+        overrides=overrides,
+        stored_table=stored_table,
+        detect_position_embedding=position_embedding_type is None and pe_join != "unshare",
+    )
 
     is_teacher = "head_dist.weight" in state_dict and config.use_distillation_token
     model_class = LapeViTForImageClassificationWithTeacher if is_teacher else LapeViTForImageClassification
     model = model_class(config)
 
-    plan: dict[str, WeightSource] = {}
-    for target_key in model.state_dict():
-        weight = _official_name(target_key)
-        if weight is not None:
-            plan[target_key] = weight
+    plan = {key: weight for key in model.state_dict() if (weight := _official_name(key)) is not None}
     checks: dict[str, Check] = {}
-    pe_key = "lape_vit.embeddings.position_embedding.position_embeddings"
-    if config.position_embedding_type == "learnable":
-        if config.pe_join == "unshare":
-            plan[pe_key] = position_tables(*(f"pos_embed{i}" for i in range(config.num_hidden_layers)))
-        else:
-            plan[pe_key] = position_tables("pos_embed")
-    elif config.position_embedding_type != "none":
-        checks["pos_embed"] = sinusoidal_check(config, "pos_embed")
+    per_layer = tuple(f"pos_embed{i}" for i in range(config.num_hidden_layers))
+    tables = per_layer if config.pe_join == "unshare" else ("pos_embed",)
+    plan_position_embedding(config, plan, checks, tables, check_key="pos_embed")
     if config.relative_position_bias != "none":
         for index in range(config.num_hidden_layers):
             key = f"blocks.{index}.attn.relative_position_index"
