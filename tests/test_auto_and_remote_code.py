@@ -79,7 +79,18 @@ def test_save_pretrained_writes_safetensors_config_and_code(tmp_path):
         imports = [line for line in (tmp_path / code).read_text().splitlines() if line.startswith(("import ", "from "))]
         assert all(
             line.split()[1].split(".")[0]
-            in {"__future__", "torch", "transformers", "", "math", "copy", "typing", "collections", "dataclasses"}
+            in {
+                "__future__",
+                "torch",
+                "transformers",
+                "huggingface_hub",
+                "",
+                "math",
+                "copy",
+                "typing",
+                "collections",
+                "dataclasses",
+            }
             for line in imports
         ), imports
 

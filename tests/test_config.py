@@ -2,10 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import re
+import typing
+from pathlib import Path
+
 import pytest
 from conftest import tiny_config
+from huggingface_hub.errors import StrictDataclassError
+from transformers import AutoConfig, PreTrainedConfig
 
 from lape_hf import PRESETS, LapeViTConfig
+from lape_hf.hub import model_card
+from lape_hf.models.lape_vit.configuration_lape_vit import (
+    PE_JOIN_DESCRIPTIONS,
+    PE_JOINS,
+    POSITION_EMBEDDING_DESCRIPTIONS,
+    POSITION_EMBEDDING_TYPES,
+    LapeViTConfigError,
+    check_preset_name,
+)
+
+# The fields LapeViTConfig adds to transformers' own; derived, so that a new field is covered by the tests below.
+LAPE_FIELDS = [
+    field
+    for field in dataclasses.fields(LapeViTConfig)
+    if field.name not in {base.name for base in dataclasses.fields(PreTrainedConfig)}
+]
+# Wrong for every field: not finite, negative, missing, of a container type, or strings spelling a number or a bool.
+INVALID_FOR_EVERY_FIELD = [math.nan, math.inf, -math.inf, -1, -0.5, "1", "no", "False", "true", "", None, [], {}]
+
+
+def invalid_values(field: dataclasses.Field) -> list[typing.Any]:
+    """A few values of the wrong type or range for `field`: those above, plus near misses of its own type."""
+    types = typing.get_args(field.type) or (field.type,)
+    values = list(INVALID_FOR_EVERY_FIELD)
+    if int in types and float not in types:
+        values += [31.5, 2.0, True]  # a fraction, an integral float, a bool: none is an integer
+    if float in types:
+        values += [True, "1e-6"]
+    if bool in types:
+        values += [0, 1, 1.0]
+    return values
 
 
 @pytest.mark.parametrize(
@@ -42,11 +82,71 @@ from lape_hf import PRESETS, LapeViTConfig
             dict(tokenizer_type="conv", image_size=4, conv_kernel_size=7, conv_padding=0),
             "turns image_size=4 into a -1x-1 grid",
         ),
+        (dict(layer_norm_eps=math.nan), r"layer_norm_eps=nan must be a positive number \(finite"),
+        (dict(relative_position_layer_norm_eps=math.inf), "relative_position_layer_norm_eps=inf must be a positive"),
+        (dict(initializer_range=math.nan), "initializer_range=nan must be a finite number >= 0"),
+        (dict(initializer_range=math.inf), "initializer_range=inf must be a finite number >= 0"),
+        (dict(qkv_bias="no"), r"qkv_bias='no' must be true or false \(a bool\), got str"),
+        (dict(use_distillation_token="False"), r"use_distillation_token='False' must be true or false"),
+        (dict(image_size=31.5), r"image_size=31.5 must be an integer or a \[height, width\] pair of integers"),
+        (dict(image_size="32"), "image_size='32' must be an integer or a"),
+        (dict(image_size=[32]), r"image_size=\[32\] must be an integer or a \[height, width\] pair"),
+        (dict(num_hidden_layers=2.0), "num_hidden_layers=2.0 must be an integer, got float"),
+        (dict(num_labels=-1), r"num_labels=-1 must be an integer >= 0 \(0: no classifier head"),
+        (dict(num_labels=2.5), "num_labels=2.5 must be an integer >= 0"),
+        (dict(num_labels="3"), "num_labels='3' must be an integer >= 0"),
     ],
 )
 def test_invalid_values_fail_at_construction_with_a_clear_message(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+@pytest.mark.parametrize("field", LAPE_FIELDS, ids=lambda field: field.name)
+def test_every_field_refuses_values_of_the_wrong_type_or_range_naming_the_field(field):
+    for value in invalid_values(field):
+        with pytest.raises(ValueError, match=f"^{re.escape(field.name)}=") as error:
+            tiny_config(**{field.name: value})
+        assert isinstance(error.value, StrictDataclassError), "also what transformers' typed configs raise"
+
+
+def test_every_lape_field_is_typed_and_checked_by_the_strict_dataclass():
+    assert len(LAPE_FIELDS) == 30
+    assert all(field.name in LapeViTConfig.__validators__ for field in LAPE_FIELDS)
+
+
+def test_a_bad_value_set_after_construction_is_refused_at_once():
+    config = tiny_config()
+    with pytest.raises(ValueError, match="pe_join='mode2' is not supported"):
+        config.pe_join = "mode2"
+    with pytest.raises(ValueError, match="layer_norm_eps=nan"):
+        config.layer_norm_eps = math.nan
+    with pytest.raises(ValueError, match="num_labels=-1"):
+        config.num_labels = -1
+    assert (config.pe_join, config.layer_norm_eps, config.num_labels) == ("lape", 1e-6, 5)
+
+
+def test_a_rule_between_fields_broken_after_construction_is_refused_when_saving(tmp_path):
+    config = tiny_config()
+    config.hidden_size = 33
+    with pytest.raises(LapeViTConfigError, match="hidden_size=33 must be divisible by num_attention_heads=2"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_valid_spellings_are_kept_or_normalized():
+    config = tiny_config(image_size=(32, 16), hidden_dropout_prob=0, layer_norm_eps=1, num_labels=0)
+    assert config.image_size == [32, 16] and config.image_size_2d == (32, 16)  # a tuple is stored as JSON gives it back
+    assert (config.hidden_dropout_prob, config.layer_norm_eps) == (0, 1)  # integers are numbers
+    assert config.num_labels == 0 and config.id2label == {}  # no classifier head
+
+
+def test_descriptions_are_the_one_home_of_the_allowed_joins_and_pe_types():
+    assert PE_JOINS == tuple(PE_JOIN_DESCRIPTIONS) == ("lape", "lape_shared", "add", "share", "unshare")
+    assert POSITION_EMBEDDING_TYPES == tuple(POSITION_EMBEDDING_DESCRIPTIONS)
+    assert POSITION_EMBEDDING_TYPES == ("learnable", "sinusoidal_1d", "sinusoidal_2d", "none")
+    assert model_card.PE_JOIN_DESCRIPTIONS is PE_JOIN_DESCRIPTIONS
+    assert model_card.POSITION_EMBEDDING_DESCRIPTIONS is POSITION_EMBEDDING_DESCRIPTIONS
 
 
 def test_token_counts_follow_tokenizer_and_pooler():
@@ -98,6 +198,10 @@ def test_deit_tiny_preset_matches_the_paper_shape():
 def test_unknown_preset_names_the_allowed_ones():
     with pytest.raises(ValueError, match="Unknown preset 'deit-huge'; allowed: .*deit-tiny"):
         LapeViTConfig.from_preset("deit-huge")
+    with pytest.raises(ValueError, match="Unknown preset 'vit-huge'; allowed: cct-14/7x2, cct-2/3x2, "):
+        check_preset_name("vit-huge")
+    for name in PRESETS:
+        check_preset_name(name)
 
 
 def test_config_round_trips_through_json(tmp_path):
@@ -106,3 +210,28 @@ def test_config_round_trips_through_json(tmp_path):
     loaded = LapeViTConfig.from_pretrained(tmp_path)
     assert loaded.pe_join == "lape_shared" and loaded.image_size_2d == (32, 16)
     assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(), dict(image_size=[32, 16], pe_join="unshare", qkv_bias=False), dict(tokenizer_type="conv", num_labels=0)],
+    ids=["default", "pair-unshare", "conv-headless"],
+)
+def test_config_round_trips_through_its_dict_and_json(overrides):
+    config = tiny_config(**overrides)
+    assert LapeViTConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    assert LapeViTConfig.from_dict(json.loads(config.to_json_string())).to_dict() == config.to_dict()
+
+
+def test_a_config_json_written_before_the_typed_config_loads(tmp_path):
+    """A config.json as lape_hf 0.1.0 wrote it (from the saved-model fixture) loads through AutoConfig, every field
+    as written."""
+    saved = Path(__file__).resolve().parent / "fixtures" / "saved_0_1" / "distilled" / "config.json"
+    (tmp_path / "config.json").write_text(saved.read_text())
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert type(config) is LapeViTConfig
+    written = json.loads(saved.read_text())
+    assert {field.name: getattr(config, field.name) for field in LAPE_FIELDS} == {
+        field.name: written[field.name] for field in LAPE_FIELDS
+    }
+    assert config.id2label == {0: "cat", 1: "dog", 2: "bird"} and config.num_labels == 3

@@ -2,19 +2,50 @@
 
 LaPE (Layer-adaptive Position Embedding, arXiv 2212.05262 / ICCV 2023) gives every transformer layer its own
 LayerNorm for the position embedding (PE) and joins the normalized PE to the normalized tokens only at the attention
-input. This file is also shipped as Hub remote code: it imports only torch/transformers.
+input. This file is also shipped as Hub remote code: it imports only torch, transformers and huggingface_hub (a
+dependency of transformers, whose own configs take `strict` from it).
+
+The config is a typed, strict dataclass as transformers' own configs are: every field is type-checked (a string is
+not a bool, 31.5 is not an integer) and range-checked when it is set, and the rules between fields are `validate_*`
+methods run after construction and before saving. Every bad value raises `LapeViTConfigError`, a `ValueError` naming
+the field, the value and what is allowed.
 """
 
-from __future__ import annotations
-
 import copy
+import math
+from collections.abc import Callable
 from typing import Any
 
+from huggingface_hub.dataclasses import strict, validated_field
+from huggingface_hub.errors import (
+    StrictDataclassClassValidationError,
+    StrictDataclassError,
+    StrictDataclassFieldValidationError,
+)
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-POSITION_EMBEDDING_TYPES = ("learnable", "sinusoidal_1d", "sinusoidal_2d", "none")
-PE_JOINS = ("lape", "lape_shared", "add", "share", "unshare")
+# The allowed values of the two options the LaPE paper studies, each with the phrase the model card prints for it
+# ("a <position embedding description> position embedding joined to the tokens by pe_join=..., <join description>").
+PE_JOIN_DESCRIPTIONS = {
+    "lape": "LaPE, the paper's method: every layer normalizes the previous layer's position embedding with its own "
+    "LayerNorm and adds it to the normalized tokens at the attention input",
+    "lape_shared": "LaPE with a shared raw position embedding: every layer normalizes the raw position embedding with "
+    "its own LayerNorm and adds it at the attention input",
+    "add": "the ViT/DeiT default: the position embedding is added to the tokens once, before the first layer",
+    "share": "the same raw position embedding is added to the token stream before every layer",
+    "unshare": "a separate learnable position embedding is added to the token stream before every layer",
+}
+POSITION_EMBEDDING_DESCRIPTIONS = {
+    "learnable": "learnable",
+    "sinusoidal_1d": "fixed 1-D sinusoidal",
+    "sinusoidal_2d": "fixed 2-D sinusoidal",
+    "none": "no",
+}
+PE_JOINS = tuple(PE_JOIN_DESCRIPTIONS)
+POSITION_EMBEDDING_TYPES = tuple(POSITION_EMBEDDING_DESCRIPTIONS)
+# The joins with a PE LayerNorm in every layer (the PE is normalized and joined at the attention input).
+LAPE_JOINS = ("lape", "lape_shared")
 RELATIVE_POSITION_BIAS_TYPES = ("none", "plain", "lape")
 TOKENIZER_TYPES = ("patch", "conv")
 POOLER_TYPES = ("cls", "sequence", "mean")
@@ -110,14 +141,117 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_preset_name(name: str) -> None:
+    """The one check of a preset name: a ValueError naming the allowed ones."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}.")
+
+
 def _conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Field rules. The strict dataclass checks the type first (bool is not an int, an int is not a bool or a str); a rule
+# then gets a value of the right type and raises a ValueError saying what the value must be. `LapeViTConfigError`
+# puts the field name and the value in front.
+# ---------------------------------------------------------------------------------------------------------------------
+class LapeViTConfigError(StrictDataclassError, ValueError):
+    """A config value that cannot be right. A `ValueError` (what the library raises for a user's mistake) and a
+    `StrictDataclassError` (what transformers' typed configs raise)."""
+
+
+def _integer_at_least(minimum: int) -> Callable[[int], None]:
+    def rule(value: int) -> None:
+        if value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}.")
+
+    return rule
+
+
+def _rate(value: float) -> None:
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueError("must be a number in [0, 1).")
+
+
+def _positive_finite(value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a positive number (finite, > 0).")
+
+
+def _non_negative_finite(value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("must be a finite number >= 0.")
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], None]:
+    def rule(value: str) -> None:
+        if value not in allowed:
+            raise ValueError(f"is not supported; allowed: {', '.join(map(repr, allowed))}.")
+
+    return rule
+
+
+def _activation(value: str) -> None:
+    if value not in ACT2FN:
+        raise ValueError(f"is not a known activation; allowed: {', '.join(sorted(ACT2FN))}.")
+
+
+def _image_size(value: int | list[int] | tuple[int, ...]) -> None:
+    sizes = list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and len(sizes) != 2:
+        raise ValueError("must be an integer or a [height, width] pair.")
+    if any(size < 1 for size in sizes):
+        raise ValueError("must be positive.")
+
+
+_TYPE_PHRASES: dict[Any, str] = {
+    bool: "true or false (a bool)",
+    int: "an integer",
+    float | int: "a number",
+    str: "a string",
+    int | list[int] | tuple[int, ...]: "an integer or a [height, width] pair of integers",
+}
+
+
+def _field_error(config: PreTrainedConfig, name: str, value: Any, cause: BaseException | None) -> LapeViTConfigError:
+    if isinstance(cause, TypeError):
+        expected = config.__dataclass_fields__[name].type
+        return LapeViTConfigError(
+            f"{name}={value!r} must be {_TYPE_PHRASES.get(expected, str(expected))}, got {type(value).__name__}."
+        )
+    return LapeViTConfigError(f"{name}={value!r} {cause}")
+
+
+def _raise_value_errors(cls: type[PreTrainedConfig]) -> type[PreTrainedConfig]:
+    """Turn the strict dataclass's wrapped errors (field and class validation) into `LapeViTConfigError`s that say
+    the field, the value and the rule in one line."""
+    strict_setattr, strict_validate = cls.__setattr__, cls.validate
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            strict_setattr(self, name, value)
+        except StrictDataclassFieldValidationError as error:
+            raise _field_error(self, name, value, error.__cause__) from error.__cause__
+
+    def validate(self) -> None:
+        try:
+            strict_validate(self)
+        except StrictDataclassClassValidationError as error:
+            raise LapeViTConfigError(str(error.__cause__)) from error.__cause__
+
+    validate.__is_defined_by_strict_decorator__ = True  # subclasses may be made strict in turn
+    cls.__setattr__, cls.validate = __setattr__, validate
+    return cls
+
+
+@_raise_value_errors
+@strict
 class LapeViTConfig(PreTrainedConfig):
     r"""
     Configuration of a LapeViT model: a ViT/DeiT/CCT-style encoder whose position embedding (PE) is joined to the
-    tokens in one of the ways studied by the LaPE paper.
+    tokens in one of the ways studied by the LaPE paper. Every field is type- and range-checked; a bad value raises
+    `LapeViTConfigError` (a `ValueError`) naming the field and what is allowed.
 
     Args:
         image_size (`int` or `list[int]`, defaults to 224): input resolution (square, or `[height, width]`).
@@ -131,10 +265,11 @@ class LapeViTConfig(PreTrainedConfig):
         layer_norm_eps (`float`, defaults to 1e-6): eps of every LayerNorm, the PE LayerNorms included.
         qkv_bias (`bool`): bias of the fused query/key/value projection.
         initializer_range (`float`): std of the truncated-normal initialisation.
-        position_embedding_type (`str`): one of `"learnable"`, `"sinusoidal_1d"`, `"sinusoidal_2d"`, `"none"`.
-        pe_join (`str`): how the PE meets the tokens: `"lape"` (per-layer LayerNorm, chained across layers: the
-            paper's method), `"lape_shared"` (per-layer LayerNorm of the raw PE), `"add"` (added once before the
-            first layer), `"share"` (the raw PE added before every layer), `"unshare"` (a learnable PE per layer).
+        position_embedding_type (`str`, defaults to `"learnable"`): the absolute PE, a key of
+            `POSITION_EMBEDDING_DESCRIPTIONS` (this file).
+        pe_join (`str`, defaults to `"lape"`): how the PE meets the tokens, a key of `PE_JOIN_DESCRIPTIONS` (this
+            file, the allowed values and what each does; the rule itself is `LapeViTPositionStream` in the modeling
+            file).
         relative_position_bias (`str`): `"none"`, `"plain"` (a Swin-style 2-D relative position bias table per layer
             on the patch-to-patch logits) or `"lape"` (that bias normalized by a per-layer LayerNorm over keys).
         relative_position_layer_norm_eps (`float`, defaults to 1e-5): eps of that key-axis LayerNorm; the official
@@ -147,6 +282,8 @@ class LapeViTConfig(PreTrainedConfig):
         use_distillation_token (`bool`): DeiT's distillation token (needs `pooler_type="cls"`).
         encoder_layer_form (`str`): `"pre_norm"` (ViT/DeiT) or `"post_attention_norm"` (CCT: the MLP input is the
             normalized residual stream).
+        num_labels (`int`, a keyword of every transformers config): classes of the classifier head; `0` builds the
+            classification models without a head (their logits are the pooled features, as timm's `num_classes=0`).
 
     Example:
 
@@ -159,46 +296,107 @@ class LapeViTConfig(PreTrainedConfig):
 
     model_type = "lape_vit"
 
-    image_size: int | list[int] = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    hidden_size: int = 192
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 3
-    intermediate_size: int = 768
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-6
+    image_size: int | list[int] | tuple[int, ...] = validated_field(_image_size, default=224)
+    patch_size: int = validated_field(_integer_at_least(1), default=16)
+    num_channels: int = validated_field(_integer_at_least(1), default=3)
+    hidden_size: int = validated_field(_integer_at_least(1), default=192)
+    num_hidden_layers: int = validated_field(_integer_at_least(1), default=12)
+    num_attention_heads: int = validated_field(_integer_at_least(1), default=3)
+    intermediate_size: int = validated_field(_integer_at_least(1), default=768)
+    hidden_act: str = validated_field(_activation, default="gelu")
+    hidden_dropout_prob: float | int = validated_field(_rate, default=0.0)
+    attention_probs_dropout_prob: float | int = validated_field(_rate, default=0.0)
+    drop_path_rate: float | int = validated_field(_rate, default=0.0)
+    layer_norm_eps: float | int = validated_field(_positive_finite, default=1e-6)
     qkv_bias: bool = True
-    initializer_range: float = 0.02
-    position_embedding_type: str = "learnable"
-    pe_join: str = "lape"
-    relative_position_bias: str = "none"
-    relative_position_layer_norm_eps: float = 1e-5
-    tokenizer_type: str = "patch"
-    conv_num_layers: int = 1
-    conv_kernel_size: int = 3
-    conv_stride: int = 1
-    conv_padding: int = 1
-    conv_pooling_kernel_size: int = 3
-    conv_pooling_stride: int = 2
-    conv_pooling_padding: int = 1
-    conv_intermediate_channels: int = 64
-    pooler_type: str = "cls"
+    initializer_range: float | int = validated_field(_non_negative_finite, default=0.02)
+    position_embedding_type: str = validated_field(_one_of(POSITION_EMBEDDING_TYPES), default="learnable")
+    pe_join: str = validated_field(_one_of(PE_JOINS), default="lape")
+    relative_position_bias: str = validated_field(_one_of(RELATIVE_POSITION_BIAS_TYPES), default="none")
+    relative_position_layer_norm_eps: float | int = validated_field(_positive_finite, default=1e-5)
+    tokenizer_type: str = validated_field(_one_of(TOKENIZER_TYPES), default="patch")
+    conv_num_layers: int = validated_field(_integer_at_least(1), default=1)
+    conv_kernel_size: int = validated_field(_integer_at_least(1), default=3)
+    conv_stride: int = validated_field(_integer_at_least(1), default=1)
+    conv_padding: int = validated_field(_integer_at_least(0), default=1)
+    conv_pooling_kernel_size: int = validated_field(_integer_at_least(0), default=3)
+    conv_pooling_stride: int = validated_field(_integer_at_least(1), default=2)
+    conv_pooling_padding: int = validated_field(_integer_at_least(0), default=1)
+    conv_intermediate_channels: int = validated_field(_integer_at_least(1), default=64)
+    pooler_type: str = validated_field(_one_of(POOLER_TYPES), default="cls")
     use_distillation_token: bool = False
-    encoder_layer_form: str = "pre_norm"
+    encoder_layer_form: str = validated_field(_one_of(ENCODER_LAYER_FORMS), default="pre_norm")
 
     def __post_init__(self, **kwargs):
-        if isinstance(self.image_size, (list, tuple)):
-            self.image_size = [int(s) for s in self.image_size]
+        if isinstance(self.image_size, tuple):
+            self.image_size = list(self.image_size)  # one form, as JSON gives it back
         super().__post_init__(**kwargs)
         # AutoModelForImageClassification picks the plain or distilled classifier by `architectures` and iterates it
         # (transformers' `_get_model_class`), so `from_config` on a fresh config needs a list, not None.
         if self.architectures is None:
             self.architectures = []
-        self._validate_lape_arguments()
+
+    @property
+    def num_labels(self) -> int | None:
+        return PreTrainedConfig.num_labels.fget(self)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        # transformers turns a negative count into an empty label map (no head) without a word: refuse it instead.
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 0:
+            raise LapeViTConfigError(
+                f"num_labels={num_labels!r} must be an integer >= 0 (0: no classifier head, the logits are the "
+                "pooled features)."
+            )
+        PreTrainedConfig.num_labels.fset(self, num_labels)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Rules between fields: the strict dataclass runs every `validate_*` method after construction and before saving
+    # ----------------------------------------------------------------------------------------------------------------
+    def validate_attention_shape(self) -> None:
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}."
+            )
+
+    def validate_position_embedding(self) -> None:
+        if self.position_embedding_type == "sinusoidal_2d" and self.hidden_size % 4 != 0:
+            raise ValueError(
+                f"position_embedding_type='sinusoidal_2d' needs hidden_size divisible by 4, got {self.hidden_size}."
+            )
+        if self.position_embedding_type == "sinusoidal_1d" and self.hidden_size % 2 != 0:
+            raise ValueError(
+                f"position_embedding_type='sinusoidal_1d' needs an even hidden_size, got {self.hidden_size}."
+            )
+        if self.pe_join == "unshare" and self.position_embedding_type != "learnable":
+            raise ValueError(
+                f"pe_join='unshare' learns one PE per layer and needs position_embedding_type='learnable', got "
+                f"{self.position_embedding_type!r} (a fixed PE is the same in every layer: use pe_join='share')."
+            )
+
+    def validate_token_grid(self) -> None:
+        if self.tokenizer_type == "patch":
+            height, width = self.image_size_2d
+            if height % self.patch_size or width % self.patch_size:
+                raise ValueError(f"image_size={self.image_size!r} must be divisible by patch_size={self.patch_size}.")
+            return
+        if self.conv_pooling_kernel_size > 0 and 2 * self.conv_pooling_padding > self.conv_pooling_kernel_size:
+            raise ValueError(
+                f"conv_pooling_padding={self.conv_pooling_padding} must be at most half of "
+                f"conv_pooling_kernel_size={self.conv_pooling_kernel_size}."
+            )
+        rows, columns = self.token_grid_size()
+        if rows < 1 or columns < 1:
+            raise ValueError(
+                f"The convolutional tokenizer turns image_size={self.image_size!r} into a {rows}x{columns} grid; "
+                "use a larger image or fewer/smaller-stride conv layers."
+            )
+
+    def validate_prefix_tokens(self) -> None:
+        if self.use_distillation_token and self.pooler_type != "cls":
+            raise ValueError(
+                f"use_distillation_token=True needs pooler_type='cls' (DeiT), got pooler_type={self.pooler_type!r}."
+            )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Derived shapes: one place that knows how many tokens the tokenizer makes
@@ -206,8 +404,8 @@ class LapeViTConfig(PreTrainedConfig):
     @property
     def image_size_2d(self) -> tuple[int, int]:
         if isinstance(self.image_size, (list, tuple)):
-            return int(self.image_size[0]), int(self.image_size[1])
-        return int(self.image_size), int(self.image_size)
+            return self.image_size[0], self.image_size[1]
+        return self.image_size, self.image_size
 
     def token_grid_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
         """The (rows, columns) grid of patch tokens the tokenizer makes from an image of this size."""
@@ -250,106 +448,18 @@ class LapeViTConfig(PreTrainedConfig):
         return sorted(PRESETS)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> LapeViTConfig:
+    def from_preset(cls, name: str, **overrides: Any) -> "LapeViTConfig":
         """A config for a named preset (see `LapeViTConfig.preset_names()`), with any field overridden."""
-        if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}; allowed: {', '.join(sorted(PRESETS))}.")
+        check_preset_name(name)
         return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Validation: every bad value fails here, naming the value and what is allowed
-    # ----------------------------------------------------------------------------------------------------------------
-    def _validate_lape_arguments(self) -> None:
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not supported; allowed: {', '.join(map(repr, allowed))}.")
 
-        def positive_int(name: str, minimum: int = 1) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
-
-        def rate(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}={value!r} must be a number in [0, 1).")
-
-        choice("position_embedding_type", POSITION_EMBEDDING_TYPES)
-        choice("pe_join", PE_JOINS)
-        choice("relative_position_bias", RELATIVE_POSITION_BIAS_TYPES)
-        choice("tokenizer_type", TOKENIZER_TYPES)
-        choice("pooler_type", POOLER_TYPES)
-        choice("encoder_layer_form", ENCODER_LAYER_FORMS)
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not a known activation; allowed: {sorted(ACT2FN)}.")
-
-        for name in ("patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads"):
-            positive_int(name)
-        positive_int("intermediate_size")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
-            rate(name)
-        for name in ("layer_norm_eps", "relative_position_layer_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive number.")
-        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
-            raise ValueError(f"initializer_range={self.initializer_range!r} must be a number >= 0.")
-
-        image_size = self.image_size if isinstance(self.image_size, list) else [self.image_size]
-        if len(image_size) not in (1, 2) or any(isinstance(s, bool) or not isinstance(s, int) for s in image_size):
-            raise ValueError(f"image_size={self.image_size!r} must be an integer or a [height, width] pair.")
-        if any(s < 1 for s in image_size):
-            raise ValueError(f"image_size={self.image_size!r} must be positive.")
-
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}."
-            )
-        if self.position_embedding_type == "sinusoidal_2d" and self.hidden_size % 4 != 0:
-            raise ValueError(
-                f"position_embedding_type='sinusoidal_2d' needs hidden_size divisible by 4, got {self.hidden_size}."
-            )
-        if self.position_embedding_type == "sinusoidal_1d" and self.hidden_size % 2 != 0:
-            raise ValueError(
-                f"position_embedding_type='sinusoidal_1d' needs an even hidden_size, got {self.hidden_size}."
-            )
-        if self.pe_join == "unshare" and self.position_embedding_type != "learnable":
-            raise ValueError(
-                f"pe_join='unshare' learns one PE per layer and needs position_embedding_type='learnable', got "
-                f"{self.position_embedding_type!r} (a fixed PE is the same in every layer: use pe_join='share')."
-            )
-
-        height, width = self.image_size_2d
-        if self.tokenizer_type == "patch":
-            if height % self.patch_size or width % self.patch_size:
-                raise ValueError(f"image_size={self.image_size!r} must be divisible by patch_size={self.patch_size}.")
-        else:
-            positive_int("conv_num_layers")
-            positive_int("conv_kernel_size")
-            positive_int("conv_stride")
-            positive_int("conv_padding", minimum=0)
-            positive_int("conv_intermediate_channels")
-            positive_int("conv_pooling_kernel_size", minimum=0)
-            if self.conv_pooling_kernel_size > 0:
-                positive_int("conv_pooling_stride")
-                positive_int("conv_pooling_padding", minimum=0)
-                if 2 * self.conv_pooling_padding > self.conv_pooling_kernel_size:
-                    raise ValueError(
-                        f"conv_pooling_padding={self.conv_pooling_padding} must be at most half of "
-                        f"conv_pooling_kernel_size={self.conv_pooling_kernel_size}."
-                    )
-            rows, columns = self.token_grid_size()
-            if rows < 1 or columns < 1:
-                raise ValueError(
-                    f"The convolutional tokenizer turns image_size={self.image_size!r} into a {rows}x{columns} grid; "
-                    "use a larger image or fewer/smaller-stride conv layers."
-                )
-
-        if self.use_distillation_token and self.pooler_type != "cls":
-            raise ValueError(
-                f"use_distillation_token=True needs pooler_type='cls' (DeiT), got pooler_type={self.pooler_type!r}."
-            )
-
-
-__all__ = ["LapeViTConfig", "PRESETS"]
+__all__ = [
+    "LAPE_JOINS",
+    "PE_JOIN_DESCRIPTIONS",
+    "POSITION_EMBEDDING_DESCRIPTIONS",
+    "PRESETS",
+    "LapeViTConfig",
+    "LapeViTConfigError",
+    "check_preset_name",
+]
