@@ -25,12 +25,12 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.utils import logging
 
-from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
+from ..models.lape_vit.configuration_lape_vit import LAPE_JOINS, PE_JOINS, POSITION_EMBEDDING_TYPES
 from ..models.lape_vit.image_processing_lape_vit import build_image_processor
 from ..models.lape_vit.modeling_lape_vit import LapeViTPreTrainedModel
 from .compact_transformers import convert_cct_state_dict
 from .core import CheckpointConversionError, check_choice, check_override_names, check_preset_name
-from .finetune import LAPE_JOINS, init_lape_from_add
+from .finetune import init_lape_from_add
 from .official import convert_official_state_dict, convert_timm_state_dict
 from .transformers_models import convert_transformers_model, load_transformers_classifier
 

@@ -19,6 +19,7 @@ import torch
 from transformers.utils import logging
 
 from ..models.lape_vit.configuration_lape_vit import PRESETS, LapeViTConfig
+from ..models.lape_vit.configuration_lape_vit import check_preset_name as check_config_preset_name
 from ..models.lape_vit.modeling_lape_vit import LapeViTPositionEmbedding
 
 logger = logging.get_logger(__name__)
@@ -194,8 +195,12 @@ def check_choice(name: str, value: str | None, allowed: tuple[str, ...]) -> None
 
 
 def check_preset_name(preset: str | None) -> None:
-    if preset is not None and preset not in PRESETS:
-        raise CheckpointConversionError(f"Unknown preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}.")
+    """The config's preset check (`configuration_lape_vit.check_preset_name`), raised as a conversion error."""
+    if preset is not None:
+        try:
+            check_config_preset_name(preset)
+        except ValueError as error:
+            raise CheckpointConversionError(str(error)) from None
 
 
 def _token_stride(kwargs: Mapping[str, Any]) -> int:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
+from ..models.lape_vit.configuration_lape_vit import LAPE_JOINS, LapeViTConfig
 from ..models.lape_vit.modeling_lape_vit import (
     LapeViTForImageClassification,
     LapeViTForImageClassificationWithTeacher,
     LapeViTModel,
 )
 from .core import CheckpointConversionError
-
-LAPE_JOINS = ("lape", "lape_shared")
 
 LapeViTModels = LapeViTModel | LapeViTForImageClassification | LapeViTForImageClassificationWithTeacher
 

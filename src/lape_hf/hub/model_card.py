@@ -22,7 +22,12 @@ import jinja2.meta
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..models.lape_vit.configuration_lape_vit import PRESETS, LapeViTConfig
+from ..models.lape_vit.configuration_lape_vit import (
+    PE_JOIN_DESCRIPTIONS,
+    POSITION_EMBEDDING_DESCRIPTIONS,
+    PRESETS,
+    LapeViTConfig,
+)
 from ..training.results import ACCURACY_METRICS, ResultsError, load_results
 
 TASK = "image-classification"
@@ -38,22 +43,6 @@ CITATION_BIBTEX = """\
     pages     = {5886--5896},
     note      = {arXiv:2212.05262, first titled "Position Embedding Needs an Independent Layer Normalization"}
 }"""
-
-PE_JOIN_DESCRIPTIONS = {
-    "lape": "LaPE, the paper's method: every layer normalizes the previous layer's position embedding with its own "
-    "LayerNorm and adds it to the normalized tokens at the attention input",
-    "lape_shared": "LaPE with a shared raw position embedding: every layer normalizes the raw position embedding with "
-    "its own LayerNorm and adds it at the attention input",
-    "add": "the ViT/DeiT default: the position embedding is added to the tokens once, before the first layer",
-    "share": "the same raw position embedding is added to the token stream before every layer",
-    "unshare": "a separate learnable position embedding is added to the token stream before every layer",
-}
-POSITION_EMBEDDING_DESCRIPTIONS = {
-    "learnable": "learnable",
-    "sinusoidal_1d": "fixed 1-D sinusoidal",
-    "sinusoidal_2d": "fixed 2-D sinusoidal",
-    "none": "no",
-}
 
 # results.json metric key -> (model-index metric type, display name). Only these go into `model-index`; the card's
 # results table lists every numeric metric.

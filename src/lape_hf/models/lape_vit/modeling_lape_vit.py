@@ -26,7 +26,7 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_lape_vit import LapeViTConfig
+from .configuration_lape_vit import LAPE_JOINS, LapeViTConfig
 
 logger = logging.get_logger(__name__)
 
@@ -289,8 +289,6 @@ class LapeViTPositionStream:
     and for the additive joins the added PE through the layer's pre-attention LayerNorm (the quantity the paper plots).
     """
 
-    normalized_joins = ("lape", "lape_shared")
-
     def __init__(self, pe_join: str, tables: torch.Tensor | None, record: bool = False):
         self.pe_join = pe_join
         self.tables = tables
@@ -315,7 +313,7 @@ class LapeViTPositionStream:
         if self.pe_join == "lape":
             self.carried = received
         if self.seen is not None:
-            normalized = self.pe_join in self.normalized_joins
+            normalized = self.pe_join in LAPE_JOINS
             self.seen.append(received if normalized else layer.layernorm_before(self._added(index)))
 
     def recorded(self) -> tuple[torch.Tensor, ...] | None:
@@ -482,9 +480,7 @@ class LapeViTLayer(GradientCheckpointingLayer):
     def __init__(self, config: LapeViTConfig, drop_path_rate: float = 0.0):
         super().__init__()
         self.post_attention_norm = config.encoder_layer_form == "post_attention_norm"
-        uses_pe_norm = (
-            config.pe_join in LapeViTPositionStream.normalized_joins and config.position_embedding_type != "none"
-        )
+        uses_pe_norm = config.pe_join in LAPE_JOINS and config.position_embedding_type != "none"
         self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.position_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if uses_pe_norm else None
         self.attention = LapeViTAttention(config)
@@ -569,6 +565,11 @@ def build_pooler(config: LapeViTConfig) -> nn.Module:
     if config.pooler_type == "sequence":
         return LapeViTSequencePooler(config)
     return LapeViTMeanPooler() if config.pooler_type == "mean" else LapeViTClassTokenPooler()
+
+
+def build_classifier(config: LapeViTConfig) -> nn.Module:
+    """A linear head over the pooled features, or none for `num_labels=0` (the logits are then the features)."""
+    return nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -714,9 +715,8 @@ class LapeViTForImageClassification(LapeViTPreTrainedModel):
 
     def __init__(self, config: LapeViTConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.lape_vit = LapeViTModel(config)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = build_classifier(config)
         self.post_init()
 
     @can_return_tuple
@@ -765,14 +765,9 @@ class LapeViTForImageClassificationWithTeacher(LapeViTPreTrainedModel):
                 "'deit-tiny-distilled' preset), got use_distillation_token=False."
             )
         super().__init__(config)
-        self.num_labels = config.num_labels
         self.lape_vit = LapeViTModel(config)
-        self.cls_classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
-        self.distillation_classifier = (
-            nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
+        self.cls_classifier = build_classifier(config)
+        self.distillation_classifier = build_classifier(config)
         self.post_init()
 
     @can_return_tuple
