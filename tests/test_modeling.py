@@ -347,3 +347,70 @@ def test_sequence_pooling_is_a_softmax_weighted_sum_over_tokens():
         weights = scores.exp() / scores.exp().sum(1, keepdim=True)
         expected = torch.stack([sum(weights[b, t] * hidden[b, t] for t in range(16)) for b in range(3)])
         torch.testing.assert_close(pooler(hidden), expected, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Construction on the meta device (for loading big checkpoints without allocating twice)
+# ---------------------------------------------------------------------------------------------------------------------
+META_CASES = {
+    "learnable": dict(position_embedding_type="learnable"),
+    "sinusoidal_1d": dict(position_embedding_type="sinusoidal_1d", pe_join="lape_shared"),
+    "sinusoidal_2d": dict(position_embedding_type="sinusoidal_2d", pe_join="share"),
+    "none": dict(position_embedding_type="none", pe_join="add"),
+    "unshare": dict(pe_join="unshare"),
+    "rpe-plain": dict(relative_position_bias="plain"),
+    "rpe-lape": dict(relative_position_bias="lape", position_embedding_type="sinusoidal_2d"),
+    "conv-tokenizer": TINY_CCT,
+    "distilled": dict(use_distillation_token=True, position_embedding_type="sinusoidal_1d"),
+}
+META_MODELS = [
+    (name, model_class)
+    for name, overrides in META_CASES.items()
+    for model_class in (LapeViTModel, LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher)
+    if model_class is not LapeViTForImageClassificationWithTeacher or overrides.get("use_distillation_token")
+]
+
+
+@pytest.mark.parametrize("case,model_class", META_MODELS, ids=[f"{name}-{cls.__name__}" for name, cls in META_MODELS])
+def test_a_model_built_on_meta_and_initialized_equals_a_normally_built_one(case, model_class):
+    """`with torch.device("meta")`, then `to_empty` + `init_weights`: the fixed buffers (sinusoidal tables, relative
+    position index) are exactly the normally built ones, constant-initialized parameters are equal and random ones
+    have the same spread (to_empty leaves arbitrary memory: none of it may survive)."""
+    config = tiny_config(**META_CASES[case])
+    with torch.device("meta"):
+        model = model_class(config)
+    assert all(tensor.is_meta for tensor in [*model.parameters(), *model.buffers()])
+    model.to_empty(device="cpu")
+    model.init_weights()
+    reference = model_class(config)
+
+    buffers, reference_buffers = dict(model.named_buffers()), dict(reference.named_buffers())
+    assert buffers.keys() == reference_buffers.keys()
+    for name, buffer in reference_buffers.items():
+        assert torch.equal(buffers[name], buffer), name
+    parameters = dict(model.named_parameters())
+    for name, expected in reference.named_parameters():
+        actual = parameters[name]
+        if expected.unique().numel() == 1:  # LayerNorm affines, biases: set to constants
+            assert torch.equal(actual, expected), name
+        else:
+            assert actual.std().item() == pytest.approx(expected.std().item(), rel=0.35), name
+            assert actual.abs().max().item() <= 5 * expected.abs().max().item(), name
+    with torch.no_grad():
+        logits = model.eval()(torch.randn(2, 3, 32, 32))
+    output = logits.last_hidden_state if model_class is LapeViTModel else logits.logits
+    assert torch.isfinite(output).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The classifier head
+# ---------------------------------------------------------------------------------------------------------------------
+def test_zero_labels_build_classifiers_whose_logits_are_the_pooled_features():
+    model = random_model(num_labels=0)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, model.lape_vit(pixel_values).pooler_output)
+    distilled = random_model(LapeViTForImageClassificationWithTeacher, num_labels=0, use_distillation_token=True)
+    with torch.no_grad():
+        hidden = distilled.lape_vit(pixel_values).last_hidden_state
+        torch.testing.assert_close(distilled(pixel_values).logits, (hidden[:, 0] + hidden[:, 1]) / 2)
