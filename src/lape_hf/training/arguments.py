@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..models.lape_vit.configuration_lape_vit import PRESETS
+from ..models.lape_vit.configuration_lape_vit import PRESETS, check_preset_name
 from .data import DIGITS_DATASET_NAME
 from .transforms import AugmentationArguments
 
@@ -96,8 +96,8 @@ class ModelArguments:
         sources = [name for name in ("model_name_or_path", "preset", "config_name") if getattr(self, name)]
         if len(sources) > 1:
             raise ValueError(f"Give one of --model_name_or_path, --preset, --config_name; got {sources}.")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}; allowed: {', '.join(sorted(PRESETS))}.")
+        if self.preset is not None:
+            check_preset_name(self.preset)
 
 
 @dataclass
