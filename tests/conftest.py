@@ -52,7 +52,7 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def reference_sinusoidal_1d(num_positions: int, dim: int) -> torch.Tensor:
-    """LAPE.md's 1-D sinusoidal PE, by explicit loops: sin/cos(pos / 10000^(2*(i//2)/D)) for even/odd i."""
+    """docs/method.md's 1-D sinusoidal PE, by explicit loops: sin/cos(pos / 10000^(2*(i//2)/D)) for even/odd i."""
     table = torch.zeros(num_positions, dim, dtype=torch.float64)
     for pos in range(num_positions):
         for i in range(dim):
@@ -62,7 +62,7 @@ def reference_sinusoidal_1d(num_positions: int, dim: int) -> torch.Tensor:
 
 
 def reference_sinusoidal_2d(rows: int, columns: int, dim: int) -> torch.Tensor:
-    """LAPE.md's 2-D sinusoidal PE, by explicit loops: column in the first half of the channels, row in the second."""
+    """docs/method.md's 2-D sinusoidal PE, by explicit loops: column in the first half of the channels, row second."""
     d = dim // 2
     table = torch.zeros(rows * columns, dim, dtype=torch.float64)
     for h in range(rows):

@@ -1,5 +1,5 @@
 """Compact Transformers (SHI-Labs/Compact-Transformers) state dicts -> LapeViT, checked against an independent
-functional forward of the original CCT written here from LAPE.md and the original code's names (plain torch).
+functional forward of the original CCT written here from docs/method.md and the original code's names (plain torch).
 
 The CCT layer: x = x + Attn(LN_pre(x)); x = LN_1(x); x = x + MLP(x). Sequence pooling: softmax(Linear(D->1)(x)) over
 tokens, weighted sum. Tokenizer: (conv without bias, ReLU, max-pool 3/2/1) per layer; ViT-Lite: one patch conv."""

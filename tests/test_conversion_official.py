@@ -1,5 +1,5 @@
 """Official LaPE checkpoints (timm VisionTransformer names) -> LapeViT, checked against an independent functional
-forward written here from LAPE.md and the official code's names (plain torch, no lape_hf module), for every join,
+forward written here from docs/method.md and the official code's names (plain torch, no lape_hf module), for every join,
 every absolute PE type, the relative position bias, and the plain and distilled models; plus timm state dicts."""
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def official_state_dict(
 ) -> dict[str, torch.Tensor]:
     """`join` in lape/add/share/unshare (the official 'LaPE', 'basic', 'share', 'unshare'); `pe` in learnable/
     sinusoidal_1d/sinusoidal_2d/none; `rpe` None, "plain" or "lape" (the official '2D_RPE' with join 'LN').
-    The official distilled model always learns its table; a distilled sinusoidal one here follows LAPE.md (1-D over
-    all tokens, 2-D with a zero vector for each prefix token)."""
+    The official distilled model always learns its table; a distilled sinusoidal one here follows docs/method.md
+    (1-D over all tokens, 2-D with a zero vector for each prefix token)."""
     generator = torch.Generator().manual_seed(seed)
 
     def rand(*shape: int, scale: float = 0.3, center: float = 0.0) -> torch.Tensor:
@@ -137,7 +137,7 @@ def official_state_dict(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The independent functional forward (LAPE.md, official names)
+# The independent functional forward (docs/method.md, official names)
 # ---------------------------------------------------------------------------------------------------------------------
 def reference_logits(
     state: dict[str, torch.Tensor],

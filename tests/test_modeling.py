@@ -1,4 +1,4 @@
-"""LapeViT against LAPE.md: every join, PE type, tokenizer, pooler and layer form matches a functional forward
+"""LapeViT against docs/method.md: every join, PE type, tokenizer, pooler and layer form matches a functional forward
 written here from the formulas, reading the parameters by name."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ JOIN_AND_PE = [
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The reference: LAPE.md written out with torch.nn.functional
+# The reference: docs/method.md written out with torch.nn.functional
 # ---------------------------------------------------------------------------------------------------------------------
 def reference_position_embedding(config, params) -> torch.Tensor | None:
-    """(tables, T, D) as LAPE.md defines each PE type; prefix tokens at positions 0.. (1-D) or zeros (2-D)."""
+    """(tables, T, D) as docs/method.md defines each PE type; prefix tokens at positions 0.. (1-D) or zeros (2-D)."""
     prefix = config.num_prefix_tokens
     rows, columns = config.token_grid_size()
     if config.position_embedding_type == "learnable":
@@ -55,7 +55,7 @@ def reference_relative_bias(config, params, prefix: str) -> torch.Tensor:
 
 
 def reference_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Logits of a LapeViT classifier from LAPE.md's formulas (eval mode: no dropout, no drop path)."""
+    """Logits of a LapeViT classifier from docs/method.md's formulas (eval mode: no dropout, no drop path)."""
     config = model.config
     params = dict(model.named_parameters())
     eps = config.layer_norm_eps
