@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 
 from ..models.lape_vit.configuration_lape_vit import PRESETS, check_preset_name
 from .data import DIGITS_DATASET_NAME
+from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DATASET_NAME
 from .transforms import AugmentationArguments
 
 DEFAULT_PRESET = "vit-lite-7/4"
@@ -102,11 +103,18 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Which data: a Hub dataset, image folders, or by default the bundled scikit-learn digits."""
+    """Which data: a Hub dataset, image folders, Fashion-MNIST, or by default the bundled scikit-learn digits."""
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": f"A Hub dataset id, or {DIGITS_DATASET_NAME!r} (the default when no folders are given)."},
+        metadata={
+            "help": f"A Hub dataset id, {FASHION_MNIST_DATASET_NAME!r} (the official IDX files, see --data_dir) or "
+            f"{DIGITS_DATASET_NAME!r} (the default when no folders are given)."
+        },
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Directory of the Fashion-MNIST IDX files (default {DEFAULT_FASHION_MNIST_DIR})."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
     train_dir: str | None = field(

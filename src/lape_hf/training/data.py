@@ -1,4 +1,4 @@
-"""Image-classification data for training LapeViT: the bundled digits, image folders and Hub datasets.
+"""Image-classification data for training LapeViT: the bundled digits, Fashion-MNIST, image folders and Hub datasets.
 
 Every source ends as the same two `datasets.Dataset` splits with a `pixel_values` column (uint8 RGB images at the
 model's resolution, `(3, height, width)`) and a `labels` column (`ClassLabel`). Images are decoded to RGB once by
@@ -21,6 +21,7 @@ from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image,
 from transformers import BaseImageProcessor
 
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
+from .fashion_mnist import FASHION_MNIST_DATASET_NAME, load_fashion_mnist_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,15 @@ def load_raw_splits(
     train_dir: str | None = None,
     validation_dir: str | None = None,
     cache_dir: str | None = None,
+    data_dir: str | None = None,
 ) -> tuple[DatasetDict, str]:
-    """The raw dataset (images still encoded) and its name: the digits by default, an image folder or a Hub id."""
+    """The raw dataset (images still encoded) and its name: the digits by default, Fashion-MNIST's IDX files (from
+    `data_dir` or the system package's directory), an image folder or a Hub id."""
+    if data_dir is not None and dataset_name != FASHION_MNIST_DATASET_NAME:
+        raise ValueError(
+            f"data_dir={data_dir!r} is only read with dataset_name={FASHION_MNIST_DATASET_NAME!r} "
+            f"(got dataset_name={dataset_name!r})."
+        )
     if dataset_name is not None and (train_dir is not None or validation_dir is not None):
         raise ValueError(
             f"Pass either dataset_name ({dataset_name!r}) or train_dir/validation_dir ({train_dir!r}, "
@@ -92,6 +100,8 @@ def load_raw_splits(
         return load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir), "imagefolder"
     if dataset_name is None or dataset_name == DIGITS_DATASET_NAME:
         return load_digits_dataset(), DIGITS_DATASET_NAME
+    if dataset_name == FASHION_MNIST_DATASET_NAME:
+        return load_fashion_mnist_dataset(data_dir), FASHION_MNIST_DATASET_NAME
     return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir), dataset_name
 
 

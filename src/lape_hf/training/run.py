@@ -281,6 +281,7 @@ def prepare_run(
             data_args.train_dir,
             data_args.validation_dir,
             model_args.cache_dir,
+            data_args.data_dir,
         )
         # The label set is needed before the model, the model's resolution before the images are prepared.
         label_names = label_names_of(raw, data_args.train_split, data_args.label_column_name)
