@@ -230,12 +230,40 @@ def resolve_config(
     """
     check_override_names(overrides)
     check_preset_name(preset)
+    architecture = {key: value for key, value in inferred.items() if key not in _LABEL_ARGUMENTS}
+    used_preset = _choose_preset(layout, architecture, preset, overrides, layout_defaults, preset_family)
+    kwargs: dict[str, Any] = {
+        **layout_defaults,
+        **(PRESETS[used_preset] if used_preset else {}),
+        **inferred,
+        **overrides,
+    }
+    resolved = {**_config_defaults(), **kwargs}
+    if "num_attention_heads" not in overrides and "num_attention_heads" not in inferred and used_preset is None:
+        raise CheckpointConversionError(
+            f"The number of attention heads cannot be read from this {layout} state dict (hidden_size="
+            f"{resolved['hidden_size']}) and no preset matches its shapes: pass a preset (one of "
+            f"{', '.join(name for name in sorted(PRESETS) if name.startswith(preset_family))}) or num_attention_heads."
+        )
+    if "image_size" not in overrides and token_grid_side is not None:
+        kwargs["image_size"] = token_grid_side * _token_stride(resolved)
+    return _checked_config(layout, kwargs, token_grid_side), used_preset
+
+
+def _choose_preset(
+    layout: str,
+    architecture: Mapping[str, Any],
+    preset: str | None,
+    overrides: Mapping[str, Any],
+    layout_defaults: Mapping[str, Any],
+    preset_family: tuple[str, ...],
+) -> str | None:
+    """The preset given (refused when the weights contradict it), else the one of the family that fits, if one."""
     config_defaults = _config_defaults()
 
     def preset_view(name: str) -> dict[str, Any]:
         return {**config_defaults, **layout_defaults, **PRESETS[name]}
 
-    architecture = {key: value for key, value in inferred.items() if key not in _LABEL_ARGUMENTS}
     if preset is not None:
         view = preset_view(preset)
         conflicts = [
@@ -248,33 +276,21 @@ def resolve_config(
                 f"Preset {preset!r} does not fit this {layout} checkpoint ({'; '.join(conflicts)}). Choose another "
                 "preset, or override those fields if you know the preset's other values still apply."
             )
-        used_preset: str | None = preset
-    else:
-        matches = [
-            name
-            for name in sorted(PRESETS)
-            if name.startswith(preset_family)
-            and all(preset_view(name).get(key) == value for key, value in architecture.items())
-        ]
-        used_preset = matches[0] if len(matches) == 1 else None
-        if used_preset is not None:
-            logger.info(f"The {layout} weights have the shapes of preset {used_preset!r}; using its other values.")
+        return preset
+    matches = [
+        name
+        for name in sorted(PRESETS)
+        if name.startswith(preset_family)
+        and all(preset_view(name).get(key) == value for key, value in architecture.items())
+    ]
+    if len(matches) != 1:
+        return None
+    logger.info(f"The {layout} weights have the shapes of preset {matches[0]!r}; using its other values.")
+    return matches[0]
 
-    kwargs: dict[str, Any] = {
-        **layout_defaults,
-        **(PRESETS[used_preset] if used_preset else {}),
-        **inferred,
-        **overrides,
-    }
-    resolved = {**config_defaults, **kwargs}
-    if "num_attention_heads" not in overrides and "num_attention_heads" not in inferred and used_preset is None:
-        raise CheckpointConversionError(
-            f"The number of attention heads cannot be read from this {layout} state dict (hidden_size="
-            f"{resolved['hidden_size']}) and no preset matches its shapes: pass a preset (one of "
-            f"{', '.join(name for name in sorted(PRESETS) if name.startswith(preset_family))}) or num_attention_heads."
-        )
-    if "image_size" not in overrides and token_grid_side is not None:
-        kwargs["image_size"] = token_grid_side * _token_stride(resolved)
+
+def _checked_config(layout: str, kwargs: Mapping[str, Any], token_grid_side: int | None) -> LapeViTConfig:
+    """The config, refused when it is invalid or its token grid differs from the checkpoint's PE."""
     try:
         config = LapeViTConfig(**kwargs)
     except ValueError as error:
@@ -286,7 +302,7 @@ def resolve_config(
             f"image_size={config.image_size!r} makes {rows}x{columns} with this tokenizer: pass the image_size the "
             "checkpoint was trained at."
         )
-    return config, used_preset
+    return config
 
 
 def square_side(count: int) -> int | None:
