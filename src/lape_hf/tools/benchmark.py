@@ -517,6 +517,31 @@ def _load_average() -> list[float] | None:
         return None
 
 
+def _check_settings(modes: Sequence[str], repeats: int, iterations: int, warmup: int, compile: bool) -> None:
+    """Every bad setting fails before anything is built."""
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise ValueError(f"modes={list(modes)!r} must be a non-empty selection of {MODES}.")
+    for name, value, minimum in (("repeats", repeats, 1), ("iterations", iterations, 1), ("warmup", warmup, 0)):
+        if value < minimum:
+            raise ValueError(f"{name}={value} must be at least {minimum}.")
+    if compile and warmup < 1:
+        raise ValueError("compile=True needs warmup >= 1, so that compilation is not timed.")
+
+
+def _measure_peak_memory(
+    candidates: Sequence[Candidate],
+    modes: Sequence[str],
+    pixel_values: torch.Tensor,
+    labels: torch.Tensor,
+    results: dict[str, CandidateResult],
+) -> None:
+    for mode in modes:
+        for candidate in candidates:
+            candidate.model.train(mode == "training")
+            results[candidate.name].peak_memory_bytes[mode] = peak_memory_bytes(candidate, mode, pixel_values, labels)
+
+
 def run_benchmark(
     size: str = "deit-tiny",
     batch_size: int | None = None,
@@ -533,16 +558,9 @@ def run_benchmark(
 ) -> BenchmarkReport:
     """Build every candidate at `size`, measure the speed of each mode interleaved, then the peak memory of each.
     `control=True` adds a second copy of transformers' ViT: its ratio to the first is the run's noise floor."""
-    benchmark_config(size)  # validates the size before anything is built
-    unknown = [mode for mode in modes if mode not in MODES]
-    if unknown or not modes:
-        raise ValueError(f"modes={list(modes)!r} must be a non-empty selection of {MODES}.")
+    benchmark_config(size)  # the size first: the defaults below come from it
     iterations = iterations or BENCHMARK_SIZES[size].iterations
-    for name, value, minimum in (("repeats", repeats, 1), ("iterations", iterations, 1), ("warmup", warmup, 0)):
-        if value < minimum:
-            raise ValueError(f"{name}={value} must be at least {minimum}.")
-    if compile and warmup < 1:
-        raise ValueError("compile=True needs warmup >= 1, so that compilation is not timed.")
+    _check_settings(modes, repeats, iterations, warmup, compile)
     log = log or (lambda message: None)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -569,11 +587,7 @@ def run_benchmark(
             results[name].images_per_second[mode] = statistics.median(rates)
     if measure_memory:
         log("measuring peak memory ...")
-        for mode in modes:
-            for candidate in candidates:
-                candidate.model.train(mode == "training")
-                peak = peak_memory_bytes(candidate, mode, pixel_values, labels)
-                results[candidate.name].peak_memory_bytes[mode] = peak
+        _measure_peak_memory(candidates, modes, pixel_values, labels, results)
 
     environment = {**_environment(), "load_average_before": load_before, "load_average_after": _load_average()}
     return BenchmarkReport(
