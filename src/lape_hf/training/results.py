@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .transforms import AugmentationArguments
 
 RESULTS_FILE = "results.json"
+# Beside it: the predicted and true class of every eval example (`eval_predictions.EvalPredictions`).
+PREDICTIONS_FILE = "predictions.json"
 # Metrics that are fractions in [0, 1].
 ACCURACY_METRICS = frozenset({"eval_accuracy", "eval_top5_accuracy"})
 # The training settings recorded, as `results.json` names them <- as `TrainingArguments.to_dict()` names them.

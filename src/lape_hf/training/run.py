@@ -51,6 +51,7 @@ from .data import (
     open_images,
     prepare_splits,
 )
+from .eval_predictions import EvalPredictions
 from .results import build_results, training_record
 from .trainer import LapeTrainer, build_compute_metrics
 from .transforms import (
@@ -331,14 +332,24 @@ def build_trainer(prepared: _PreparedRun, training_args: LapeTrainingArguments) 
 def train_and_evaluate(
     trainer: LapeTrainer, checkpoint: str | None, preparation_seconds: float
 ) -> tuple[dict[str, float], float, dict[str, Any]]:
-    """Train (resuming from `checkpoint`), evaluate, save the model and the Trainer's state and metrics files;
-    returns the eval metrics, the wall time of training and evaluation, and the timings."""
+    """Train (resuming from `checkpoint`), evaluate, save the model, `predictions.json` and the Trainer's state and
+    metrics files; returns the eval metrics, the wall time of training and evaluation, and the timings."""
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = trainer.evaluate()
+    # One pass over the eval set gives the metrics and every example's prediction (predictions.json: runs on the same
+    # examples can then be compared example by example).
+    evaluation = trainer.predict(trainer.eval_dataset, metric_key_prefix="eval")
+    metrics = evaluation.metrics
+    trainer.log(metrics)  # into the log history, as evaluate() puts them
     wall_time_seconds = time.perf_counter() - start
     cpu_seconds = _cpu_seconds() - cpu_start
     trainer.save_model(trainer.args.output_dir)
+    if trainer.is_world_process_zero():
+        id2label = trainer.model.config.id2label
+        label_names = [id2label[index] for index in sorted(id2label)]
+        EvalPredictions.from_logits(evaluation.predictions, evaluation.label_ids, label_names).write(
+            trainer.args.output_dir
+        )
     trainer.save_state()  # trainer_state.json: the log history (loss, learning rate, eval metrics per step)
     trainer.save_metrics("train", train_result.metrics)  # train_results.json, eval_results.json, all_results.json
     trainer.save_metrics("eval", metrics)
