@@ -5,11 +5,13 @@
     python scripts/compare_joins.py --pe_joins add share unshare lape_shared lape --seeds 0 1 2 3 4
     python scripts/compare_joins.py --position_embedding_types learnable sinusoidal_1d --parallel_runs 2
     python scripts/compare_joins.py --recipe train --preset vit-lite-7/4 --dataset_name ORG/cifar10 ...
+    python scripts/compare_joins.py --recipe recipes/fashion-mnist-vit-6x96.yaml --seeds 0 1 2 3 4
 
 Every argument of scripts/train.py applies to all runs (after the recipe's, so they win). Each run's model directory
 is kept under --output_root/<pe type>-<join>/seed-<seed>/; an interrupted comparison reuses finished runs.
-Writes --output_root/compare_joins.json and compare_joins.png (--summary_name) and prints a Markdown table. A user
-error is one line on stderr and exit status 2 (`lape_hf.cli`).
+Writes --output_root/compare_joins.json and compare_joins.png (--summary_name) and prints two Markdown tables: per
+setting (mean ± std over seeds, sign test against add) and per seed against add (McNemar on the test predictions).
+A user error is one line on stderr and exit status 2 (`lape_hf.cli`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from transformers import HfArgumentParser
 
 from lape_hf.cli import script
 from lape_hf.training import DEMO_ARGS
+from lape_hf.training.argument_files import arguments_from_file
 from lape_hf.training.experiments import CompareArguments, compare_joins, format_comparison_table, summary_paths
+from lape_hf.training.paired_comparison import MCNEMAR_TITLE, format_paired_table
 
 
 @script
@@ -30,11 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     compare, train_argv = HfArgumentParser(CompareArguments).parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
-    recipe = [arg for arg in DEMO_ARGS if not arg.startswith("--classify_examples")] if compare.recipe == "demo" else []
+    if compare.recipe == "demo":
+        recipe = [arg for arg in DEMO_ARGS if not arg.startswith("--classify_examples")]
+    else:
+        recipe = [] if compare.recipe == "train" else arguments_from_file(compare.recipe)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("lape_hf").setLevel(logging.INFO)
     summary = compare_joins(compare, [*recipe, *train_argv])
     print(format_comparison_table(summary))
+    paired = format_paired_table(summary)
+    if paired:
+        print(f"\n{MCNEMAR_TITLE}:\n{paired}")
     print("Wrote {} and {}".format(*summary_paths(compare)))
     return 0
 

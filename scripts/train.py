@@ -6,7 +6,8 @@
     python scripts/train.py --train_dir imgs/train --validation_dir imgs/val --preset deit-tiny
     python scripts/train.py --model_name_or_path ORG/lape-deit-tiny --dataset_name ORG/data --ignore_mismatched_sizes
     accelerate launch --num_processes 2 scripts/train.py ...         # data-parallel, any accelerate config
-    python scripts/train.py args.json                                # all arguments from a JSON (or YAML) file
+    python scripts/train.py recipes/cifar10-vit-lite-7-4.yaml        # all arguments from a YAML (or JSON) file
+    python scripts/train.py recipes/cifar10-vit-lite-7-4.yaml --pe_join add   # ... and arguments after it win
 
 `--help` lists every argument (model, data, augmentation and transformers' TrainingArguments). A user error (a bad
 value, a missing path, no checkpoint to resume) is one line on stderr and exit status 2 (`lape_hf.cli`).
@@ -22,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from lape_hf.cli import UserError, script
 from lape_hf.training import ARGUMENT_CLASSES, DEMO_ARGS, run_training
+from lape_hf.training.argument_files import as_command_line, is_argument_file, read_argument_file
 from lape_hf.training.results import format_report
 
 
@@ -29,18 +31,20 @@ from lape_hf.training.results import format_report
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(ARGUMENT_CLASSES)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        parse_file = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        arguments = parse_file(argv[0])
-        if arguments[-1].demo:
+    arguments_file = argv[0] if argv and is_argument_file(argv[0]) else None
+    if arguments_file is not None:  # the file's arguments first: arguments after it win
+        file_values = read_argument_file(arguments_file)
+        if file_values.get("demo"):
             raise UserError(
-                f"{argv[0]} sets demo: true; the demo recipe applies to command lines (--demo). Put the "
+                f"{arguments_file} sets demo: true; the demo recipe applies to command lines (--demo). Put the "
                 "recipe's arguments (lape_hf.training.DEMO_ARGS) in the file instead."
             )
-    else:
-        arguments = parser.parse_args_into_dataclasses(args=argv)
-        if arguments[-1].demo:  # the demo recipe first: arguments given on the command line win
-            arguments = parser.parse_args_into_dataclasses(args=DEMO_ARGS + argv)
+        argv = [*as_command_line(file_values), *argv[1:]]
+    arguments = parser.parse_args_into_dataclasses(args=argv)
+    if arguments[-1].demo:  # the demo recipe first: arguments given on the command line win
+        if arguments_file is not None:
+            raise UserError(f"--demo with {arguments_file}: the demo recipe applies to command lines without a file.")
+        arguments = parser.parse_args_into_dataclasses(args=DEMO_ARGS + argv)
     model_args, data_args, augmentation_args, training_args, run_args = arguments
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("lape_hf").setLevel(logging.INFO)

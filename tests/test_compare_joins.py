@@ -166,3 +166,140 @@ def test_the_summary_pairs_runs_by_seed_and_uses_the_sample_std(tmp_path):
     differences = [0.1, 0.2, 0.05]  # lape - add, seed by seed
     assert lape["mean_difference_vs_add"] == pytest.approx(np.mean(differences))
     assert lape["std_difference_vs_add"] == pytest.approx(np.std(differences, ddof=1))
+
+
+def test_every_run_saves_its_test_predictions_in_dataset_order(comparison, tiny_folders):
+    from lape_hf.training.data import load_raw_splits
+
+    _, output_root, _ = comparison
+    raw, _ = load_raw_splits(None, None, str(tiny_folders[0]), str(tiny_folders[1]), None)
+    eval_labels = raw["validation"]["label"]
+    for join in ("add", "lape"):
+        for seed in (3, 5):
+            directory = output_root / f"learnable-{join}" / f"seed-{seed}"
+            record = json.loads((directory / "predictions.json").read_text())
+            results = json.loads((directory / "results.json").read_text())
+            assert record["labels"] == eval_labels  # the eval split as loaded, in order
+            assert record["label_names"] == ["bright", "dark"]
+            assert len(record["predicted"]) == results["dataset"]["num_eval"] == 12
+            accuracy = np.mean(np.equal(record["predicted"], record["labels"]))
+            assert accuracy == pytest.approx(results["metrics"]["eval_accuracy"])
+            # The metrics of the one prediction pass still reach the Trainer's log history, as evaluate() puts them.
+            history = json.loads((directory / "trainer_state.json").read_text())["log_history"]
+            assert history[-1]["eval_accuracy"] == pytest.approx(accuracy)
+
+
+def test_the_summary_carries_the_paired_tests_against_add(comparison):
+    from lape_hf.training.paired_comparison import format_paired_table
+    from lape_hf.training.statistics import mcnemar_exact, sign_test_exact
+
+    summary, output_root, _ = comparison
+    add, lape = summary["rows"]
+    assert "sign_test_p_vs_add" not in add and "mcnemar_vs_add" not in add
+    assert lape["differences_vs_add"] == pytest.approx(np.subtract(lape["accuracies"], add["accuracies"]).tolist())
+    assert lape["sign_test_p_vs_add"] == sign_test_exact(lape["differences_vs_add"])
+    assert "mcnemar_vs_add_missing" not in lape
+    for test, seed in zip(lape["mcnemar_vs_add"], (3, 5), strict=True):
+        records = {
+            join: json.loads((output_root / f"learnable-{join}" / f"seed-{seed}" / "predictions.json").read_text())
+            for join in ("add", "lape")
+        }
+        correct = {join: np.equal(r["predicted"], r["labels"]).tolist() for join, r in records.items()}
+        only_lape, only_add, p_value = mcnemar_exact(correct["add"], correct["lape"])
+        assert test == {"seed": seed, "only_this_correct": only_lape, "only_add_correct": only_add, "p_value": p_value}
+    table = format_paired_table(summary).splitlines()
+    assert len(table) == 4 and table[2].startswith("| learnable | lape | 3 | ")
+    assert format_comparison_table(summary).splitlines()[3].endswith(f"| {lape['sign_test_p_vs_add']:.3g} |")
+
+
+def test_the_script_prints_the_paired_table(comparison, capsys):
+    _, output_root, argv = comparison
+    main = runpy.run_path(str(ROOT / "scripts" / "compare_joins.py"))["main"]
+    assert main([*argv, "--summary_name=printed"]) == 0  # every run reused
+    printed = capsys.readouterr().out
+    assert "Paired by seed against add (McNemar: exact, two-sided, on the test predictions):" in printed
+    assert "| PE type | join | seed | accuracy (%) | add (%) | Δ (pp) |" in printed
+    assert "| learnable | lape | 5 | " in printed
+
+
+def test_runs_without_predictions_still_summarize_without_mcnemar(tmp_path):
+    from lape_hf.training.paired_comparison import format_paired_table
+
+    compare = CompareArguments(pe_joins=["add", "lape"], seeds=[0, 1], output_root=str(tmp_path))
+    accuracies = {"add": [0.5, 0.7], "lape": [0.6, 0.8]}
+    results = {
+        ("learnable", join, seed): {
+            "metrics": {"eval_accuracy": accuracies[join][seed]},
+            "wall_time_seconds": 1.0,
+            "dataset": {"name": "toy"},
+            "training": {"seed": seed},
+            "config": {},
+            "versions": {},
+        }
+        for join in ("add", "lape")
+        for seed in (0, 1)
+    }
+    summary = summarize(compare, results)
+    _, lape = summary["rows"]
+    assert lape["sign_test_p_vs_add"] == 0.5 and lape["mcnemar_vs_add"] == []  # 2 of 2 up: 2 * (1/4)
+    assert lape["mcnemar_vs_add_missing"] == [
+        "seed 0: no predictions.json for lape, add",
+        "seed 1: no predictions.json for lape, add",
+    ]
+    table = format_paired_table(summary)
+    assert "| learnable | lape | 0 | 60.00 | 50.00 | +10.00 | — | — | — |" in table
+    assert "McNemar omitted for learnable-lape seed 0: no predictions.json for lape, add." in table
+
+
+def test_mcnemar_is_left_out_for_runs_evaluated_on_different_examples(tmp_path):
+    from lape_hf.training.eval_predictions import EvalPredictions
+    from lape_hf.training.experiments import run_directory
+
+    compare = CompareArguments(pe_joins=["add", "lape"], seeds=[0], output_root=str(tmp_path))
+    for join, labels in (("add", [0, 1, 1]), ("lape", [0, 1, 0])):
+        directory = run_directory(tmp_path, "learnable", join, 0)
+        directory.mkdir(parents=True)
+        EvalPredictions(predicted=[0, 1, 1], labels=labels).write(directory)
+    results = {
+        ("learnable", join, 0): {
+            "metrics": {"eval_accuracy": 0.5},
+            "wall_time_seconds": 1.0,
+            "dataset": {},
+            "training": {},
+            "config": {},
+            "versions": {},
+        }
+        for join in ("add", "lape")
+    }
+    _, lape = summarize(compare, results)["rows"]
+    assert lape["mcnemar_vs_add"] == []
+    assert lape["mcnemar_vs_add_missing"] == ["seed 0: the two runs were evaluated on different examples"]
+
+
+def test_compare_joins_takes_a_recipe_file_and_refuses_a_missing_one(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("num_train_epochs: 2\n")
+    assert CompareArguments(recipe=str(recipe)).recipe == str(recipe)
+    with pytest.raises(ValueError, match="no such arguments file"):
+        CompareArguments(recipe=str(tmp_path / "nope.yaml"))
+    with pytest.raises(ValueError, match="a .yaml/.yml/.json arguments file"):
+        CompareArguments(recipe=str(tmp_path / "recipe.txt"))
+
+
+def test_a_recipe_file_starts_every_run_and_the_command_line_wins(tiny_folders, tmp_path):
+    """The file's arguments come first (here: learning rate, batch size, epochs), the command line's after them."""
+    train_dir, val_dir = tiny_folders
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "learning_rate: 0.002\nper_device_train_batch_size: 4\nnum_train_epochs: 7\nmixup: 0.0\ncutmix: 0.0\n"
+        "rand_augment: false\neval_strategy: 'no'\nsave_strategy: 'no'\n"
+    )
+    output_root = tmp_path / "runs"
+    main = runpy.run_path(str(ROOT / "scripts" / "compare_joins.py"))["main"]
+    argv = [f"--recipe={recipe}", "--pe_joins", "add", "--seeds", "0", f"--output_root={output_root}", TINY,
+            f"--train_dir={train_dir}", f"--validation_dir={val_dir}", "--max_steps=1",
+            "--per_device_train_batch_size=6", "--dataloader_num_workers=0", "--disable_tqdm=true"]  # fmt: skip
+    assert main(argv) == 0
+    training = json.loads((output_root / "learnable-add" / "seed-0" / "results.json").read_text())["training"]
+    assert training["learning_rate"] == 0.002 and training["epochs"] == 7.0  # from the file
+    assert training["per_device_train_batch_size"] == 6 and training["max_steps"] == 1  # the command line won

@@ -2,12 +2,14 @@
 
 Every run is a normal `lape_hf.training.run_training` run in its own process, saved to
 `<output_root>/<position_embedding_type>-<pe_join>/seed-<seed>/` (a full model directory, reusable for the PE
-similarity maps); the summary (mean and standard deviation of test accuracy, paired differences against "add") goes
-to `compare_joins.json`, a table to stdout and a plot to `compare_joins.png` (names set by `summary_name`).
+similarity maps); the summary (mean and standard deviation of test accuracy; against "add": paired differences, an
+exact sign test over seeds and McNemar's exact test per seed, `paired_comparison`) goes to `compare_joins.json`, tables
+to stdout and a plot to `compare_joins.png` (names set by `summary_name`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
+from .argument_files import is_argument_file
+from .paired_comparison import paired_tests_vs_add, sign_test_cell
 from .results import RESULTS_FILE, RunResults
 
 logger = logging.getLogger(__name__)
@@ -43,7 +47,10 @@ class CompareArguments:
     )
     recipe: str = field(
         default="demo",
-        metadata={"help": "Starting arguments: 'demo' (the README demo's model and schedule) or 'train' (train.py's)."},
+        metadata={
+            "help": "Starting arguments: 'demo' (the README demo's model and schedule), 'train' (train.py's) or a "
+            "train.py arguments file (.yaml/.yml/.json, e.g. recipes/fashion-mnist-vit-6x96.yaml)."
+        },
     )
     parallel_runs: int = field(
         default=1, metadata={"help": "Runs at a time, each in its own process (use torch_num_threads=1 with > 1)."}
@@ -62,7 +69,12 @@ class CompareArguments:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds!r} must be one or more distinct integers.")
         if self.recipe not in ("demo", "train"):
-            raise ValueError(f"recipe={self.recipe!r}: allowed values are 'demo' and 'train'.")
+            if not is_argument_file(self.recipe):
+                raise ValueError(
+                    f"recipe={self.recipe!r}: allowed values are 'demo', 'train' and a .yaml/.yml/.json arguments file."
+                )
+            if not os.path.isfile(self.recipe):
+                raise ValueError(f"recipe={self.recipe!r}: no such arguments file.")
         if self.parallel_runs < 1:
             raise ValueError(f"parallel_runs={self.parallel_runs!r} must be >= 1.")
         if "unshare" in self.pe_joins and any(kind != "learnable" for kind in self.position_embedding_types):
@@ -157,7 +169,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summarize(compare: CompareArguments, results: dict[tuple[str, str, int], dict[str, Any]]) -> dict[str, Any]:
-    """Per setting: accuracies by seed, mean and std; against "add" (same PE type): the paired per-seed difference."""
+    """Per setting: accuracies by seed, mean and std; against "add" (same PE type): the paired per-seed differences,
+    their mean and std, the sign test over seeds and McNemar's test per seed."""
     rows = []
     for position_embedding_type in compare.position_embedding_types:
         for pe_join in compare.pe_joins:
@@ -184,6 +197,14 @@ def summarize(compare: CompareArguments, results: dict[tuple[str, str, int], dic
                 ]
                 differences = [value - base for value, base in zip(accuracies, baseline, strict=True)]
                 row["mean_difference_vs_add"], row["std_difference_vs_add"] = _mean_std(differences)
+                row.update(
+                    paired_tests_vs_add(
+                        compare.seeds,
+                        differences,
+                        functools.partial(run_directory, compare.output_root, position_embedding_type),
+                        pe_join,
+                    )
+                )
             rows.append(row)
     first = next(iter(results.values()))
     varied = ("pe_join", "position_embedding_type")
@@ -197,10 +218,10 @@ def summarize(compare: CompareArguments, results: dict[tuple[str, str, int], dic
 
 
 def format_comparison_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table (accuracies in %, mean ± sample std over seeds)."""
+    """The summary as a Markdown table (accuracies in %, mean ± sample std over seeds, the sign test against add)."""
     lines = [
-        "| PE type | join | seeds | test accuracy (%) mean ± std | min | max | Δ vs add, paired (pp) |",
-        "|---|---|---|---|---|---|---|",
+        "| PE type | join | seeds | test accuracy (%) mean ± std | min | max | Δ vs add, paired (pp) | sign test p |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         difference = (
@@ -211,7 +232,8 @@ def format_comparison_table(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {row['position_embedding_type']} | {row['pe_join']} | {len(row['seeds'])} | "
             f"{100 * row['mean_accuracy']:.2f} ± {100 * row['std_accuracy']:.2f} | "
-            f"{100 * min(row['accuracies']):.2f} | {100 * max(row['accuracies']):.2f} | {difference} |"
+            f"{100 * min(row['accuracies']):.2f} | {100 * max(row['accuracies']):.2f} | {difference} | "
+            f"{sign_test_cell(row)} |"
         )
     return "\n".join(lines)
 
@@ -236,7 +258,11 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> None:
     axis.set_xticks(range(len(rows)))
     multiple_types = len({row["position_embedding_type"] for row in rows}) > 1
     axis.set_xticklabels(
-        [f"{row['pe_join']}\n{row['position_embedding_type']}" if multiple_types else row["pe_join"] for row in rows]
+        [
+            (f"{row['pe_join']}\n{row['position_embedding_type']}" if multiple_types else row["pe_join"])
+            + (f"\nsign p={row['sign_test_p_vs_add']:.2g}" if "sign_test_p_vs_add" in row else "")
+            for row in rows
+        ]
     )
     dataset = summary["dataset"]
     axis.set_ylabel(f"test accuracy (%), {dataset['eval_split']} split")
