@@ -184,6 +184,8 @@ def test_results_json_follows_the_contract(folder_run):
         "num_train": 72,
         "num_eval": 36,
         "num_labels": 3,
+        "data_mode": "prepared",  # 72 images at 16 px: small arrays, chosen automatically
+        "eval_geometry": "resize",  # a 16 px model: a straight resize
     }
     assert {"eval_accuracy", "eval_top5_accuracy", "eval_loss"} <= set(on_disk["metrics"])
     assert 0 <= on_disk["metrics"]["eval_accuracy"] <= on_disk["metrics"]["eval_top5_accuracy"] == 1.0  # 3 classes

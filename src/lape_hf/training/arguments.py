@@ -14,11 +14,16 @@ import torch
 from transformers import TrainingArguments
 
 from ..models.lape_vit.configuration_lape_vit import PRESETS, check_preset_name
+from ..models.lape_vit.image_processing_lape_vit import DEIT_CROP_PCT, EVAL_GEOMETRIES
 from .data import DIGITS_DATASET_NAME
+from .data_modes import DATA_MODES
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DATASET_NAME
 from .transforms import AugmentationArguments
 
 DEFAULT_PRESET = "vit-lite-7/4"
+# eval_geometry "auto": DeiT's centre crop for models at natural-image resolutions (ImageNet's 224, 160 or 128 for
+# small-budget runs), a straight resize below (digits, MNIST-like, CIFAR-like at 16-64 px).
+CENTER_CROP_MIN_SIZE = 128
 
 # `--demo`: the README's main command. A 4-layer, width-128 LaPE ViT on the digits upsampled to 16x16 (patch 4,
 # 16 patches + class token), 30 epochs with random resized crops only (no flips: they change digits), which reached
@@ -138,6 +143,35 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for the one-time decode-and-resize pass."}
     )
+    data_mode: str = field(
+        default="auto",
+        metadata={
+            "help": "prepared (decode and resize once, uint8 arrays), on_the_fly (decode and augment from the original "
+            "image in the dataloader workers), streaming (an IterableDataset; needs --max_steps) or auto (prepared "
+            "when its arrays are small, else on_the_fly)."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "Streaming: examples shuffled together (a window of the stream)."}
+    )
+    eval_geometry: str = field(
+        default="auto",
+        metadata={
+            "help": f"resize (straight, small images), center_crop (shorter side to size / crop_pct, then a centre "
+            f"crop: DeiT's) or auto (center_crop at {CENTER_CROP_MIN_SIZE} px and above); saved in the processor."
+        },
+    )
+    crop_pct: float = field(default=DEIT_CROP_PCT, metadata={"help": "center_crop: crop size / resized shorter side."})
+
+    def __post_init__(self) -> None:
+        if self.data_mode not in DATA_MODES:
+            raise ValueError(f"data_mode={self.data_mode!r} is not one of {', '.join(DATA_MODES)}.")
+        if self.eval_geometry not in ("auto", *EVAL_GEOMETRIES):
+            raise ValueError(f"eval_geometry={self.eval_geometry!r} is not one of auto, {', '.join(EVAL_GEOMETRIES)}.")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ValueError(f"crop_pct={self.crop_pct!r} must be in (0, 1] (DeiT: {DEIT_CROP_PCT}).")
+        if self.shuffle_buffer_size < 1:
+            raise ValueError(f"shuffle_buffer_size={self.shuffle_buffer_size!r} must be >= 1.")
 
 
 @dataclass

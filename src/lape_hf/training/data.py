@@ -21,6 +21,7 @@ from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image,
 from transformers import BaseImageProcessor
 
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
+from ..models.lape_vit.image_processing_lape_vit import eval_geometry, output_size
 from .fashion_mnist import FASHION_MNIST_DATASET_NAME, load_fashion_mnist_dataset
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class ImageClassificationSplits:
     train_split: str
     eval_split: str
     raw_eval: Dataset  # the eval images as loaded (columns "image", "label"): what a user would classify
+    data_mode: str = "prepared"  # prepared: uint8 arrays; on_the_fly: train/eval are the encoded splits
+    eval_geometry: str = "resize"  # the image processor's (image_processing_lape_vit.eval_geometry)
 
     @property
     def num_labels(self) -> int:
@@ -188,7 +191,7 @@ def prepare_split(
     Returns a dataset with exactly `pixel_values` (`Array3D` uint8, `(3, height, width)`) and `labels`
     (`label_feature`); read it with `with_format("numpy", dtype=np.uint8)` to keep the uint8 type.
     """
-    height, width = image_processor.size["height"], image_processor.size["width"]
+    height, width = output_size(image_processor)
     check_labels(dataset[label_column], label_feature, split_name)
     dataset = _undecoded(dataset, image_column)
     features = Features(
@@ -328,8 +331,10 @@ def prepare_splits(
     skip_corrupt_images: bool = False,
     preprocessing_num_workers: int | None = None,
     seed: int = 0,
+    data_mode: str = "prepared",
 ) -> ImageClassificationSplits:
-    """Pick the train/eval splits of `raw` and prepare both for `image_processor`'s resolution (see module doc)."""
+    """Pick the train/eval splits of `raw` and prepare both for `image_processor`'s resolution (see module doc), or
+    with `data_mode` "on_the_fly" (or "auto" choosing it, `data_modes.choose_data_mode`) keep them encoded."""
     train, evaluation, train_split_name, eval_split_name = resolve_splits(
         raw, train_split, eval_split, train_val_split, seed
     )
@@ -349,6 +354,22 @@ def prepare_splits(
     label_feature = label_feature_of(raw[train_split], label_column)
     train = encode_labels(train, label_column, label_feature, train_split_name)
     evaluation = encode_labels(evaluation, label_column, label_feature, eval_split_name)
+    data_mode = _resolve_data_mode(data_mode, train, evaluation, image_column, image_processor)
+    if data_mode == "on_the_fly":
+        for split, split_name in ((train, train_split_name), (evaluation, eval_split_name)):
+            check_labels(split[label_column], label_feature, split_name)
+        encoded = [_standard_columns(split, image_column, label_column) for split in (train, evaluation)]
+        return ImageClassificationSplits(
+            train=encoded[0],
+            eval=encoded[1],
+            label_names=list(label_feature.names),
+            dataset_name=dataset_name,
+            train_split=train_split_name,
+            eval_split=eval_split_name,
+            raw_eval=encoded[1],
+            data_mode=data_mode,
+            eval_geometry=eval_geometry(image_processor),
+        )
     prepared = [
         prepare_split(
             split,
@@ -370,4 +391,27 @@ def prepare_splits(
         train_split=train_split_name,
         eval_split=eval_split_name,
         raw_eval=_standard_columns(evaluation, image_column, label_column),
+        data_mode=data_mode,
+        eval_geometry=eval_geometry(image_processor),
     )
+
+
+def _resolve_data_mode(
+    requested: str, train: Dataset, evaluation: Dataset, image_column: str, image_processor: BaseImageProcessor
+) -> str:
+    """`data_modes.choose_data_mode` from the splits' row counts, encoded size and free disk, said in the log."""
+    from .data_modes import choose_data_mode, encoded_bytes, free_disk_bytes
+
+    if requested == "streaming":
+        raise ValueError("data_mode='streaming' reads an IterableDataset: load it with lape_hf.training.streaming.")
+    height, width = output_size(image_processor)
+    mode = choose_data_mode(
+        requested,
+        len(train) + len(evaluation),
+        height,
+        width,
+        source_bytes=encoded_bytes(train, image_column) + encoded_bytes(evaluation, image_column),
+        free_bytes=free_disk_bytes(train),
+    )
+    logger.info("Data mode: %s%s", mode, " (chosen automatically)" if requested == "auto" else "")
+    return mode

@@ -77,6 +77,10 @@ class DatasetRecord:
     num_train: int | None = None
     num_eval: int | None = None
     num_labels: int | None = None
+    # How the images reached the model (`training.data_modes`): prepared, on_the_fly or streaming.
+    data_mode: str | None = None
+    # The saved image processor's evaluation geometry: resize, or center_crop (DeiT's crop_pct).
+    eval_geometry: str | None = None
 
 
 @dataclass
@@ -224,9 +228,11 @@ def build_results(
             name=data.dataset_name,
             train_split=data.train_split,
             eval_split=data.eval_split,
-            num_train=len(data.train),
-            num_eval=len(data.eval),
+            num_train=_length(data.train),
+            num_eval=_length(data.eval),
             num_labels=data.num_labels,
+            data_mode=data.data_mode,
+            eval_geometry=data.eval_geometry,
         ),
         metrics={key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))},
         training=training,
@@ -235,6 +241,14 @@ def build_results(
         wall_time_seconds=wall_time_seconds,
         timing=timing,
     )
+
+
+def _length(split: Any) -> int | None:
+    """Rows of a split; None for a stream (an `IterableDataset` has no length)."""
+    try:
+        return len(split)
+    except TypeError:
+        return None
 
 
 def format_report(results: RunResults | Mapping[str, Any]) -> str:

@@ -35,14 +35,21 @@ except ImportError:  # Windows
     resource = None
 
 from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
-from ..models.lape_vit.image_processing_lape_vit import build_image_processor
+from ..models.lape_vit.image_processing_lape_vit import build_image_processor, eval_geometry
 from ..models.lape_vit.modeling_lape_vit import (
     LapeViTForImageClassification,
     LapeViTForImageClassificationWithTeacher,
     LapeViTPreTrainedModel,
 )
 from ..predict import load_classifier
-from .arguments import DEFAULT_PRESET, DataArguments, LapeTrainingArguments, ModelArguments, RunArguments
+from .arguments import (
+    CENTER_CROP_MIN_SIZE,
+    DEFAULT_PRESET,
+    DataArguments,
+    LapeTrainingArguments,
+    ModelArguments,
+    RunArguments,
+)
 from .data import (
     DIGITS_DATASET_NAME,
     ImageClassificationSplits,
@@ -51,6 +58,7 @@ from .data import (
     open_images,
     prepare_splits,
 )
+from .data_modes import build_training_datasets
 from .eval_predictions import EvalPredictions
 from .results import build_results, training_record
 from .trainer import LapeTrainer, build_compute_metrics
@@ -58,8 +66,6 @@ from .transforms import (
     AugmentationArguments,
     EpochCallback,
     ImageClassificationCollator,
-    ImageClassificationDataset,
-    build_train_transform,
 )
 
 logger = logging.getLogger(__name__)
@@ -265,6 +271,7 @@ class _PreparedRun:
     data: ImageClassificationSplits
     augmentation: AugmentationArguments  # horizontal_flip resolved for the data
     preparation_seconds: float
+    skip_corrupt_images: bool = False
 
 
 def prepare_run(
@@ -275,6 +282,10 @@ def prepare_run(
 ) -> _PreparedRun:
     """Load the data, build the model and processor, prepare both splits at the model's resolution."""
     start = time.perf_counter()
+    if data_args.data_mode == "streaming":
+        from .streaming import prepare_streaming_run
+
+        return prepare_streaming_run(model_args, data_args, augmentation, training_args)
     with training_args.main_process_first(desc="dataset preparation"):
         raw, dataset_name = load_raw_splits(
             data_args.dataset_name,
@@ -287,6 +298,7 @@ def prepare_run(
         # The label set is needed before the model, the model's resolution before the images are prepared.
         label_names = label_names_of(raw, data_args.train_split, data_args.label_column_name)
         model, image_processor = build_model_and_processor(model_args, label_names)
+        image_processor = with_eval_geometry(image_processor, model.config, data_args)
         data = prepare_splits(
             raw,
             dataset_name,
@@ -301,25 +313,46 @@ def prepare_run(
             skip_corrupt_images=data_args.skip_corrupt_images,
             preprocessing_num_workers=data_args.preprocessing_num_workers,
             seed=training_args.seed,
+            data_mode=data_args.data_mode,
         )
     if augmentation.horizontal_flip is None:  # digits are not mirror-symmetric; natural images are
         augmentation = dataclasses.replace(augmentation, horizontal_flip=data.dataset_name != DIGITS_DATASET_NAME)
-    return _PreparedRun(model, image_processor, data, augmentation, time.perf_counter() - start)
+    return _PreparedRun(
+        model, image_processor, data, augmentation, time.perf_counter() - start, data_args.skip_corrupt_images
+    )
+
+
+def with_eval_geometry(
+    image_processor: ViTImageProcessor, config: LapeViTConfig, data_args: DataArguments
+) -> ViTImageProcessor:
+    """The processor with the run's evaluation geometry (`DataArguments.eval_geometry`; "auto": DeiT's centre crop at
+    natural-image resolutions, >= `CENTER_CROP_MIN_SIZE`, else a straight resize), recorded in its saved config."""
+    geometry = data_args.eval_geometry
+    if geometry == "auto":
+        geometry = "center_crop" if min(config.image_size_2d) >= CENTER_CROP_MIN_SIZE else "resize"
+    if geometry == eval_geometry(image_processor):
+        return image_processor
+    crop_pct = data_args.crop_pct if geometry == "center_crop" else None
+    return build_image_processor(
+        config, image_processor.image_mean, image_processor.image_std, image_processor.resample, crop_pct=crop_pct
+    )
 
 
 def build_trainer(prepared: _PreparedRun, training_args: LapeTrainingArguments) -> LapeTrainer:
     """The Trainer over the prepared splits: seeded per-sample augmentation, the batch collator, top-k metrics."""
     augmentation, processor = prepared.augmentation, prepared.image_processor
-    train_dataset = ImageClassificationDataset(
-        prepared.data.train,
-        build_train_transform(augmentation, processor, augmentation.horizontal_flip),
+    train_dataset, eval_dataset = build_training_datasets(
+        prepared.data,
+        processor,
+        augmentation,
         seed=training_args.data_seed if training_args.data_seed is not None else training_args.seed,
+        skip_corrupt_images=prepared.skip_corrupt_images,
     )
     return LapeTrainer(
         model=prepared.model,
         args=training_args,
         train_dataset=train_dataset,
-        eval_dataset=ImageClassificationDataset(prepared.data.eval),
+        eval_dataset=eval_dataset,
         data_collator=ImageClassificationCollator(
             processor, prepared.data.num_labels, augmentation.mixup, augmentation.cutmix, augmentation.random_erasing
         ),

@@ -19,6 +19,8 @@ from datasets import Dataset
 from torchvision.transforms import v2
 from transformers import BaseImageProcessor, TrainerCallback
 
+from ..models.lape_vit.image_processing_lape_vit import output_size
+
 # Keeps the collator's draws (erasing, MixUp/CutMix) independent of the per-sample draws from the same batch seed.
 _BATCH_SEED_SALT = 0x9E3779B97F4A7C15
 # Splits whose uint8 pixels fit in this many bytes are held as one tensor: indexing Arrow per batch costs ~0.4 ms
@@ -74,19 +76,35 @@ def normalize_transform(image_processor: BaseImageProcessor) -> v2.Transform:
 
 
 def build_train_transform(
-    augmentation: AugmentationArguments, image_processor: BaseImageProcessor, horizontal_flip: bool
+    augmentation: AugmentationArguments,
+    image_processor: BaseImageProcessor,
+    horizontal_flip: bool,
+    from_original: bool = False,
 ) -> v2.Transform | None:
-    """Per-sample training transform, uint8 `(3, H, W)` to uint8 at the model's resolution (None: nothing to do).
+    """Per-sample training transform to uint8 `(3, H, W)` at the model's resolution (None: nothing to do).
 
+    Prepared data (`from_original=False`): uint8 tensors already at the model's resolution, cropped and resized back
+    (bilinear). From the original image (`from_original=True`, the on-the-fly and streaming paths): a decoded PIL
+    image of any size, cropped as DeiT does (`RandomResizedCrop` of `crop_scale_min`-100% of the original image,
+    ratio 3/4-4/3, bicubic; a bicubic resize when crops are off), then made a uint8 tensor.
     Normalization and random erasing (which follows it) run on the whole batch in the collator: one call per batch
     instead of one per image, which is most of the cost for small images.
     """
-    size = (image_processor.size["height"], image_processor.size["width"])
+    size = output_size(image_processor)
+    interpolation = v2.InterpolationMode.BICUBIC if from_original else v2.InterpolationMode.BILINEAR
     steps: list[v2.Transform] = []
     if augmentation.random_resized_crop:
-        steps.append(v2.RandomResizedCrop(size, scale=(augmentation.crop_scale_min, 1.0), antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(
+                size, scale=(augmentation.crop_scale_min, 1.0), interpolation=interpolation, antialias=True
+            )
+        )
+    elif from_original:
+        steps.append(v2.Resize(size, interpolation=interpolation, antialias=True))
     if horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
+    if from_original:
+        steps.append(v2.PILToTensor())
     if augmentation.rand_augment:
         steps.append(
             v2.RandAugment(num_ops=augmentation.rand_augment_num_ops, magnitude=augmentation.rand_augment_magnitude)

@@ -1,0 +1,215 @@
+"""The three data paths: the automatic choice and its refusals, on-the-fly decoding and augmentation from the original
+image (same batches with any number of workers, after a resume), the evaluation geometry, corrupt images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import tiny_config
+from datasets import ClassLabel, Dataset, Features, Image
+from safetensors.torch import load_file
+from test_training import pattern_image, train
+from torchvision.transforms import v2
+from transformers import AutoImageProcessor
+
+from lape_hf.models.lape_vit.image_processing_lape_vit import build_image_processor, eval_geometry
+from lape_hf.training.data_modes import (
+    DecodeErrors,
+    OnTheFlyDataset,
+    choose_data_mode,
+    encoded_bytes,
+    prepared_bytes,
+)
+from lape_hf.training.transforms import (
+    AugmentationArguments,
+    ImageClassificationCollator,
+    build_train_transform,
+)
+
+
+def natural_like(seed: int, size=(50, 38)) -> PIL.Image.Image:
+    """A smooth random RGB image (bicubic-upsampled noise): resizing it is not trivially exact."""
+    small = np.random.default_rng(seed).integers(0, 256, size=(size[1] // 5, size[0] // 5, 3), dtype=np.uint8)
+    return PIL.Image.fromarray(small).resize(size, PIL.Image.Resampling.BICUBIC)
+
+
+def encoded_split(images: list[PIL.Image.Image], labels: list[int], corrupt_rows=()) -> Dataset:
+    cells = []
+    for row, image in enumerate(images):
+        if row in corrupt_rows:
+            cells.append({"bytes": b"not an image", "path": f"broken-{row}.jpg"})
+            continue
+        buffer = __import__("io").BytesIO()
+        image.save(buffer, format="PNG")
+        cells.append({"bytes": buffer.getvalue(), "path": None})
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    return Dataset.from_dict({"image": cells, "label": labels}, features=features)
+
+
+@pytest.fixture(scope="module")
+def pattern_folders(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("patterns")
+    for split, count, offset in (("train", 24, 0), ("val", 12, 1000)):
+        for kind in ("checker", "horizontal", "vertical"):
+            (root / split / kind).mkdir(parents=True)
+            for index in range(count):
+                pattern_image(kind, offset + index, size=24).save(root / split / kind / f"{index}.png")
+    return root / "train", root / "val"
+
+
+def test_auto_prepares_small_arrays_and_decodes_large_ones_on_the_fly():
+    # Digits at 16 px: 1.4 MB of arrays, under the memory budget.
+    assert choose_data_mode("auto", 1797, 16, 16, source_bytes=0, free_bytes=0) == "prepared"
+    # 20,000 JPEGs of 40 kB at 224 px: 3.0 GB of arrays against 0.8 GB encoded, over a 1 GiB budget.
+    assert prepared_bytes(20_000, 224, 224) == 20_000 * 3 * 224 * 224
+    assert choose_data_mode("auto", 20_000, 224, 224, source_bytes=20_000 * 40_000, free_bytes=10**12) == "on_the_fly"
+    # Arrays no larger than the encoded source (e.g. uncompressed images) are prepared whatever their size.
+    big = prepared_bytes(100_000, 64, 64)
+    assert choose_data_mode("auto", 100_000, 64, 64, source_bytes=big, free_bytes=10**12, memory_budget=0) == (
+        "prepared"
+    )
+
+
+def test_prepared_is_refused_with_the_estimate_when_the_disk_is_too_small():
+    # ImageNet-1k at 224 px: 1,281,167 x 150,528 bytes = 192.9 GB.
+    with pytest.raises(ValueError, match=r"about 192\.9 GB .*1281167 images x 3 x 224 x 224.*only 50\.0 GB"):
+        choose_data_mode("prepared", 1_281_167, 224, 224, source_bytes=0, free_bytes=50 * 10**9)
+    assert choose_data_mode("prepared", 1000, 224, 224, source_bytes=0, free_bytes=0) == "prepared"  # in memory
+    with pytest.raises(ValueError, match="data_mode='fast' is not one of auto, prepared, on_the_fly, streaming"):
+        choose_data_mode("fast", 10, 16, 16, source_bytes=0, free_bytes=0)
+
+
+def test_encoded_size_is_the_bytes_of_the_stored_images():
+    split = encoded_split([natural_like(seed) for seed in range(6)], [0, 1] * 3)
+    expected = sum(len(cell["bytes"]) for cell in split.cast_column("image", Image(decode=False))["image"])
+    assert encoded_bytes(split, "image") == pytest.approx(expected, rel=1e-9)
+    assert encoded_bytes(split, "image", sample=2) > 0
+
+
+def test_from_original_without_crops_is_a_bicubic_resize_of_the_original_image():
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    augmentation = AugmentationArguments(random_resized_crop=False, rand_augment=False)
+    transform = build_train_transform(augmentation, processor, horizontal_flip=False, from_original=True)
+    image = natural_like(0)
+    expected = np.asarray(image.resize((16, 16), PIL.Image.Resampling.BICUBIC)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(transform(image).numpy(), expected)
+
+
+def test_random_resized_crops_are_taken_from_the_original_resolution():
+    """The crop box is drawn in the original image's pixels and only the crop is resized (bicubic): the same as
+    PIL cropping the 64 px original at the box torchvision draws from the same seed, then resizing to 16 px."""
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    augmentation = AugmentationArguments(crop_scale_min=0.08, rand_augment=False)
+    transform = build_train_transform(augmentation, processor, horizontal_flip=False, from_original=True)
+    image = natural_like(1, size=(64, 64))
+    boxes = set()
+    for seed in range(5):
+        torch.manual_seed(seed)
+        actual = transform(image).numpy()
+        torch.manual_seed(seed)
+        box = v2.RandomResizedCrop(16, scale=(0.08, 1.0)).make_params([image])
+        left, top, width, height = box["left"], box["top"], box["width"], box["height"]
+        crop = image.crop((left, top, left + width, top + height)).resize((16, 16), PIL.Image.Resampling.BICUBIC)
+        np.testing.assert_array_equal(actual, np.asarray(crop).transpose(2, 0, 1))
+        boxes.add((left, top, width, height))
+    assert len(boxes) == 5 and min(width for _, _, width, _ in boxes) < 32  # small crops of the original occur
+
+
+def _batches(dataset: OnTheFlyDataset, num_workers: int, batch_size: int = 4) -> list[torch.Tensor]:
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=lambda examples: examples
+    )
+    return [torch.stack([example["pixel_values"] for example in batch]) for batch in loader]
+
+
+def test_on_the_fly_batches_are_the_same_with_any_number_of_workers_and_per_epoch():
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    transform = build_train_transform(AugmentationArguments(), processor, horizontal_flip=True, from_original=True)
+    split = encoded_split([natural_like(seed) for seed in range(12)], [0, 1] * 6)
+    dataset = OnTheFlyDataset(split, processor, DecodeErrors(False, "train"), transform, seed=3)
+    in_process, two_workers = _batches(dataset, 0), _batches(dataset, 2)
+    assert len(in_process) == 3
+    for expected, actual in zip(in_process, two_workers, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    dataset.set_epoch(1)
+    assert not torch.equal(_batches(dataset, 0)[0], in_process[0])  # another epoch, other crops
+
+
+def test_center_crop_eval_is_the_saved_processor_output_to_1e_6(tmp_path):
+    """Eval batches on the fly (decode, the processor's geometry, the collator's normalization) equal what the saved
+    processor gives pipeline(): shorter side to 224 / 0.875 = 256, centre crop 224."""
+    config = tiny_config(image_size=224, patch_size=16)
+    processor = build_image_processor(config, crop_pct=0.875)
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert (saved["size"], saved["crop_size"], saved["do_center_crop"]) == (
+        {"shortest_edge": 256},
+        {"height": 224, "width": 224},
+        True,
+    )
+    reloaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert eval_geometry(reloaded) == "center_crop"
+    images = [natural_like(seed, size=(300, 225)) for seed in range(3)]
+    dataset = OnTheFlyDataset(encoded_split(images, [0, 1, 0]), processor, DecodeErrors(False, "eval"))
+    batch = ImageClassificationCollator(processor, 2)(dataset.__getitems__([0, 1, 2]))
+    expected = reloaded(images=images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(batch["pixel_values"], expected, rtol=0, atol=1e-6)
+    # Independent of transformers: the 300x225 image resized to 341x256 (bicubic), its centre 224x224.
+    resized = np.asarray(images[0].resize((341, 256), PIL.Image.Resampling.BICUBIC), dtype=np.float32)
+    centre = resized[16:240, 58:282].transpose(2, 0, 1) / 255.0
+    mean, std = np.asarray(processor.image_mean)[:, None, None], np.asarray(processor.image_std)[:, None, None]
+    np.testing.assert_allclose(batch["pixel_values"][0].numpy(), (centre - mean) / std, atol=0.05)
+
+
+def test_a_corrupt_image_stops_the_batch_naming_it_or_is_skipped_and_counted():
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    transform = build_train_transform(AugmentationArguments(), processor, horizontal_flip=False, from_original=True)
+    split = encoded_split([natural_like(seed) for seed in range(4)], [0, 1, 0, 1], corrupt_rows=(2,))
+    strict = OnTheFlyDataset(split, processor, DecodeErrors(False, "train"), transform, seed=0)
+    with pytest.raises(ValueError, match=r"'broken-2\.jpg' \(row 2\) of split 'train' cannot be decoded.*--skip"):
+        strict.__getitems__([0, 1, 2, 3])
+    errors = DecodeErrors(True, "train")
+    lenient = OnTheFlyDataset(split, processor, errors, transform, seed=0)
+    batch = lenient.__getitems__([0, 1, 2, 3])
+    assert [example["labels"] for example in batch] == [0, 1, 1] and errors.skipped == 1
+
+
+def test_a_run_on_the_fly_records_its_mode_and_resumes_to_the_uninterrupted_run(pattern_folders, tmp_path):
+    """As the prepared path's resume test: stop after 3 of 8 steps, resume with a dataloader worker; on the fly,
+    the datasets cache aside, nothing but the model and its checkpoints is written."""
+    train_dir, val_dir = pattern_folders
+    recipe = [
+        f"--train_dir={train_dir}",
+        f"--validation_dir={val_dir}",
+        "--data_mode=on_the_fly",
+        "--max_train_samples=40",
+        "--per_device_train_batch_size=8",
+        "--max_steps=8",
+        "--save_strategy=steps",
+        "--save_steps=3",
+        "--save_total_limit=5",
+        "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
+        "intermediate_size=64,drop_path_rate=0.2,attention_probs_dropout_prob=0.1,hidden_dropout_prob=0.1",
+    ]
+    uninterrupted = train(*recipe, f"--output_dir={tmp_path / 'uninterrupted'}")
+    assert (uninterrupted["dataset"]["data_mode"], uninterrupted["dataset"]["eval_geometry"]) == (
+        "on_the_fly",
+        "resize",
+    )
+    assert not list((tmp_path / "uninterrupted").rglob("*.arrow"))
+    resumed = train(
+        *recipe,
+        f"--output_dir={tmp_path / 'resumed'}",
+        f"--resume_from_checkpoint={tmp_path / 'uninterrupted' / 'checkpoint-3'}",
+        "--dataloader_num_workers=1",
+    )
+    expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    assert resumed["metrics"]["eval_accuracy"] == pytest.approx(uninterrupted["metrics"]["eval_accuracy"], abs=1e-6)
