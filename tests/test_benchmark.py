@@ -13,8 +13,9 @@ import pytest
 import torch
 from script_loader import load_script
 
-from lape_hf import LapeViTForImageClassification, benchmark
+from lape_hf import LapeViTForImageClassification
 from lape_hf.conversion import convert_timm_state_dict, convert_transformers_model
+from lape_hf.tools import benchmark
 from lape_hf.tools.benchmark import (
     BenchmarkReport,
     Candidate,
