@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
@@ -53,25 +54,22 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Any], Mapping[str,
     if not path.is_file():
         raise CheckpointConversionError(f"Checkpoint file {str(path)!r} does not exist.")
     if path.suffix == ".safetensors":
-        state_dict = load_file(path)
+        try:
+            state_dict = load_file(path)
+        except SafetensorError as error:
+            raise CheckpointConversionError(f"{path} is not a readable safetensors file ({error}).") from None
         return state_dict, state_dict
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if refused:
-            raise CheckpointConversionError(
-                f"{path} needs more than torch.load(weights_only=True) allows: it pickles {refused.group(1)}, and "
-                "unpickling arbitrary objects can run code, so it is refused. If you trust the file, re-save just "
-                "its weights: torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')."
-            ) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-        raise CheckpointConversionError(
-            f"{path} is not a readable PyTorch checkpoint ({reason.group(1) if reason else 'unpickling failed'})."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
+        raise _unpickling_error(path, str(error)) from None
+    except (RuntimeError, EOFError, OSError) as error:  # a damaged torch.save archive
         raise CheckpointConversionError(f"{path} is not a readable PyTorch checkpoint ({error}).") from None
+    except (KeyError, IndexError, ValueError):  # what the unpickler raises on text or random bytes
+        raise CheckpointConversionError(
+            f"{path} is not a PyTorch checkpoint: its bytes are neither a torch.save archive nor a pickle."
+        ) from None
     if isinstance(checkpoint, Mapping):
         for key in ("model", "state_dict"):
             if isinstance(checkpoint.get(key), Mapping):
@@ -80,6 +78,27 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, Any], Mapping[str,
             return dict(checkpoint), checkpoint
     raise CheckpointConversionError(
         f"{path} holds a {type(checkpoint).__name__}, not a state dict or a dict with a 'model' state dict."
+    )
+
+
+# How torch >= 2.4 words a global that `weights_only` refuses: one outside its allow-list, or one from a module it
+# blocks outright (os, posix, subprocess, builtins' eval...).
+_REFUSED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")
+
+
+def _unpickling_error(path: Path, message: str) -> CheckpointConversionError:
+    """The reason `torch.load(weights_only=True)` refused `path`, on one line: the refused global, named, or the
+    unpickler's own reason."""
+    refused = _REFUSED_GLOBAL.search(message)
+    if refused:
+        return CheckpointConversionError(
+            f"{path} needs more than torch.load(weights_only=True) allows: it pickles {refused.group(1)}, and "
+            "unpickling arbitrary objects can run code, so it is refused. If you trust the file, re-save just "
+            "its weights: torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')."
+        )
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    return CheckpointConversionError(
+        f"{path} is not a readable PyTorch checkpoint ({reason.group(1) if reason else 'unpickling failed'})."
     )
 
 
