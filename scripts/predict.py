@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 import lape_hf  # noqa: F401  (registers LapeViT with the Auto classes, so no remote code is needed)
 from lape_hf.cli import parse_args, script
 from lape_hf.predict import (
@@ -49,6 +51,12 @@ class PredictArguments:
             raise ValueError(f"--top_k={self.top_k} must be >= 1.")
         if self.batch_size < 1:
             raise ValueError(f"--batch_size={self.batch_size} must be >= 1.")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                message = f"--device={self.device!r} is not a torch device, e.g. cpu, cuda, cuda:1, mps."
+                raise ValueError(message) from None
         if self.output_file is not None and self.output_file.suffix.lower() not in OUTPUT_FORMATS:
             raise ValueError(f"--output_file {self.output_file} must end in one of {', '.join(OUTPUT_FORMATS)}.")
 

@@ -21,8 +21,10 @@ similarity of the PE vectors, d = Euclidean distance of the patch centres in pat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +35,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
+from .atomic_files import atomic_write
 from .models.lape_vit.configuration_lape_vit import LapeViTConfig
+from .predict import MODEL_LOADING_ERRORS
 
 # Figure geometry (inches): every panel is square, plus room for the row titles and the shared colour bar.
 PANEL_INCHES = 1.6
@@ -81,7 +85,10 @@ def load_model(name_or_path: str | Path, **from_pretrained_kwargs) -> PreTrained
             f"(available offline only if it is in the Hub cache). Cause: {error}"
         ) from error
     check_can_draw(config, name)
-    model = AutoModelForImageClassification.from_pretrained(name, **from_pretrained_kwargs)
+    try:
+        model = AutoModelForImageClassification.from_pretrained(name, **from_pretrained_kwargs)
+    except MODEL_LOADING_ERRORS as error:
+        raise PositionEmbeddingAnalysisError(f"Cannot load the weights of {name!r}: {error}") from error
     return model.eval()
 
 
@@ -404,8 +411,27 @@ def plot_similarity_matrices(all_maps: Sequence[PositionEmbeddingMaps], include_
     return _draw(rows, columns, "Patch-to-patch cosine similarity of the PE (patches in row-major order)")
 
 
+def check_output_dir(directory: str | Path) -> Path:
+    """Fail, naming it, when `directory` cannot be created or written to; leaves nothing behind (the folders it
+    creates to try are removed again). Called before any computation, so that a bad place fails at once."""
+    directory = Path(directory)
+    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise PermissionError(f"cannot write to the output directory {str(directory)!r}: {error.strerror}.") from None
+    finally:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    return directory
+
+
 def save_figure(figure: Figure, path_without_suffix: str | Path, formats: Sequence[str] = ("png",), dpi: int = 100):
-    """Write the figure once per format; returns the written paths."""
+    """Write the figure once per format, each to a temporary file moved into place when complete (an interrupted
+    run leaves no half-written figure); returns the written paths."""
     unknown = [f for f in formats if f not in FIGURE_FORMATS]
     if unknown:
         raise PositionEmbeddingAnalysisError(f"Unknown figure format(s) {unknown}; allowed: {list(FIGURE_FORMATS)}.")
@@ -414,7 +440,8 @@ def save_figure(figure: Figure, path_without_suffix: str | Path, formats: Sequen
     written = []
     for suffix in formats:
         path = base.with_name(f"{base.name}.{suffix}")
-        figure.savefig(path, dpi=dpi, format=suffix)
+        with atomic_write(path, "wb") as stream:
+            figure.savefig(stream, dpi=dpi, format=suffix)
         written.append(path)
     return written
 
@@ -434,7 +461,9 @@ def write_summary_json(all_maps: Sequence[PositionEmbeddingMaps], path: str | Pa
     """The measures of every model (`PositionEmbeddingMaps.summary`) as a JSON list."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_strict_json([maps.summary() for maps in all_maps]), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(_strict_json([maps.summary() for maps in all_maps]), indent=2, allow_nan=False) + "\n"
+    with atomic_write(path) as stream:
+        stream.write(text)
     return path
 
 
@@ -444,6 +473,7 @@ __all__ = [
     "PositionEmbeddingMaps",
     "centre_patch",
     "check_can_draw",
+    "check_output_dir",
     "figure_size_inches",
     "format_summary",
     "layer_position_embeddings",

@@ -37,9 +37,11 @@ class UserError(ValueError):
 
 # The library's checks raise ValueError subclasses that name the bad value and what is allowed (configuration fields,
 # presets, conversion, model directories, card sources, results files); the OSError subclasses below are what opening
-# or creating a path the user gave raises. Any other exception is a bug.
+# or creating a path the user gave raises, and what `datasets` raises for a Hub dataset it cannot reach (offline, or a
+# name that does not exist). Any other exception is a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
+    ConnectionError,
     FileNotFoundError,
     FileExistsError,
     IsADirectoryError,

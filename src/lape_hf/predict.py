@@ -12,16 +12,28 @@ import glob
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
 from PIL import Image
-from transformers import ImageClassificationPipeline, pipeline
+from safetensors import SafetensorError
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    ImageClassificationPipeline,
+    pipeline,
+)
 
+from .atomic_files import atomic_write
+from .cli import one_line
 from .images import UNREADABLE_IMAGE_ERRORS, decode_image
+
+# What loading a model directory or Hub id raises for a path or id that cannot be loaded (transformers' OSError
+# naming the missing file or id, a ValueError for a config it cannot read) or for damaged weights (SafetensorError).
+MODEL_LOADING_ERRORS = (OSError, ValueError, SafetensorError)
 
 IMAGE_EXTENSIONS = frozenset(
     {".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp"}
@@ -90,14 +102,20 @@ def load_classifier(
 ) -> ImageClassificationPipeline:
     """An image-classification pipeline for a model directory or Hub id (`import lape_hf` has registered LapeViT).
 
-    A model that cannot be loaded (a missing or incomplete directory, an unknown Hub id) is a `ValueError` naming it.
+    The config, the weights and the image processor are loaded one by one, so that a model that cannot be loaded (a
+    missing or incomplete directory, truncated weights, a corrupt config, an unknown Hub id) is a one-line
+    `ValueError` naming the part that failed, not pipeline()'s list of tracebacks.
     """
+    if not _URL.match(model) and Path(model).exists() and not Path(model).is_dir():
+        raise ValueError(f"--model {model!r} is a file; give a model directory (save_pretrained output) or a Hub id.")
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        return pipeline(
-            "image-classification", model=model, revision=revision, device=device, trust_remote_code=trust_remote_code
-        )
-    except OSError as error:  # what transformers raises for a path or Hub id it cannot load from
-        raise ValueError(f"cannot load the model {model!r}: {error}") from error
+        config = AutoConfig.from_pretrained(model, **options)
+        weights = AutoModelForImageClassification.from_pretrained(model, config=config, **options)
+        image_processor = AutoImageProcessor.from_pretrained(model, **options)
+    except MODEL_LOADING_ERRORS as error:
+        raise ValueError(f"cannot load the model {model!r}: {one_line(error)}") from error
+    return pipeline("image-classification", model=weights, image_processor=image_processor, device=device)
 
 
 def classify_images(
@@ -175,19 +193,13 @@ def check_writable(path: Path) -> None:
 def write_results(results: Sequence[ImageResult], path: Path) -> None:
     """Write `results` in the format `path`'s suffix names, to a temporary file moved into place when complete."""
     check_writable(path)
-    with tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as stream:
-        try:
-            OUTPUT_FORMATS[path.suffix.lower()](results, stream)
-        except BaseException:
-            os.unlink(stream.name)
-            raise
-    os.replace(stream.name, path)
+    with atomic_write(path, newline="") as stream:
+        OUTPUT_FORMATS[path.suffix.lower()](results, stream)
 
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MODEL_LOADING_ERRORS",
     "OUTPUT_FORMATS",
     "ImageResult",
     "Prediction",

@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoImageProcessor
 
 from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
 from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
+from ..predict import MODEL_LOADING_ERRORS
 from ..training.results import RESULTS_FILE, ResultsError, load_results
 from .model_card import CardSource, render_model_card
 
@@ -251,7 +252,7 @@ def _load_weights(path: Path, config: LapeViTConfig) -> tuple[int, list[str]]:
     model_class = CLASSIFIER_CLASSES[architectures[0]]
     try:
         model, info = model_class.from_pretrained(path, config=config, output_loading_info=True)
-    except (OSError, RuntimeError, ValueError) as error:
+    except (*MODEL_LOADING_ERRORS, RuntimeError) as error:  # missing, truncated or mis-shaped weights
         return 0, [f"the weights do not load into {model_class.__name__}: {error}"]
     problems = []
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
