@@ -4,6 +4,8 @@ image (same batches with any number of workers, after a resume), the evaluation 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -213,3 +215,107 @@ def test_a_run_on_the_fly_records_its_mode_and_resumes_to_the_uninterrupted_run(
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
     assert resumed["metrics"]["eval_accuracy"] == pytest.approx(uninterrupted["metrics"]["eval_accuracy"], abs=1e-6)
+
+
+def test_streaming_without_max_steps_is_refused_before_anything_is_written(pattern_folders, tmp_path):
+    train_dir, val_dir = pattern_folders
+    with pytest.raises(ValueError, match=r"data_mode='streaming' needs --max_steps.*max_steps=-1"):
+        train(
+            f"--train_dir={train_dir}",
+            f"--validation_dir={val_dir}",
+            "--data_mode=streaming",
+            f"--output_dir={tmp_path / 'out'}",
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run(pattern_folders, tmp_path):
+    """Streaming: stop after 3 of 8 steps, resume from that checkpoint: the same weights and metrics (the Trainer
+    reads the stream past the 3 trained batches, with the same shuffle seed, and trains on the same next ones)."""
+    train_dir, val_dir = pattern_folders
+    recipe = [
+        f"--train_dir={train_dir}",
+        f"--validation_dir={val_dir}",
+        "--data_mode=streaming",
+        "--shuffle_buffer_size=16",
+        "--per_device_train_batch_size=8",
+        "--max_steps=8",
+        "--save_strategy=steps",
+        "--save_steps=3",
+        "--save_total_limit=5",
+        "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
+        "intermediate_size=64,drop_path_rate=0.2,attention_probs_dropout_prob=0.1,hidden_dropout_prob=0.1",
+    ]
+    uninterrupted = train(*recipe, f"--output_dir={tmp_path / 'uninterrupted'}")
+    assert uninterrupted["dataset"]["data_mode"] == "streaming" and "num_train" not in uninterrupted["dataset"]
+    resumed = train(
+        *recipe,
+        f"--output_dir={tmp_path / 'resumed'}",
+        f"--resume_from_checkpoint={tmp_path / 'uninterrupted' / 'checkpoint-3'}",
+    )
+    expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
+    actual = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    assert resumed["metrics"]["eval_loss"] == pytest.approx(uninterrupted["metrics"]["eval_loss"], abs=1e-6)
+
+
+def test_a_corrupt_image_mid_stream_stops_the_run_naming_it(pattern_folders, tmp_path):
+    train_dir, val_dir = pattern_folders
+    broken = tmp_path / "train"
+    for path in sorted(train_dir.rglob("*.png")):
+        (broken / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (broken / path.parent.name / path.name).symlink_to(path)
+    (broken / "checker" / "zz-broken.png").write_bytes(b"not a png")
+    recipe = [f"--train_dir={broken}", f"--validation_dir={val_dir}", "--data_mode=streaming", "--max_steps=12"]
+    with pytest.raises(ValueError, match=r"zz-broken\.png.* of split 'train' cannot be decoded.*--skip_corrupt"):
+        train(*recipe, f"--output_dir={tmp_path / 'strict'}")
+    results = train(*recipe, "--skip_corrupt_images=true", f"--output_dir={tmp_path / 'lenient'}")
+    assert results["dataset"]["data_mode"] == "streaming"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["on_the_fly", "streaming"])
+def test_two_processes_see_every_example_exactly_once_per_pass(pattern_folders, tmp_path, mode):
+    train_dir, val_dir = pattern_folders
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes=2",
+            "--num_machines=1",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+            str(root / "tests" / "two_process_pass.py"),
+            "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
+            "intermediate_size=64",
+            f"--train_dir={train_dir}",
+            f"--validation_dir={val_dir}",
+            f"--data_mode={mode}",
+            f"--output_dir={tmp_path}",
+            "--max_steps=100",
+            "--per_device_train_batch_size=4",
+            "--random_resized_crop=false",
+            "--horizontal_flip=false",
+            "--rand_augment=false",
+            "--random_erasing=0",
+            "--mixup=0",
+            "--cutmix=0",
+            "--dataloader_num_workers=0",
+            "--torch_num_threads=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"pass_rank{rank}.json").read_text()) for rank in (0, 1)]
+    # 72 distinct training images (3 classes x 24): each read by exactly one of the two processes, half each.
+    assert [len(part) for part in seen] == [36, 36]
+    hashes = [digest for part in seen for digest, _ in part]
+    assert len(set(hashes)) == 72
+    assert sorted(label for part in seen for _, label in part) == sorted([0, 1, 2] * 24)

@@ -232,4 +232,7 @@ class EpochCallback(TrainerCallback):
         # `state.epoch` is exactly the epoch index at an epoch boundary and epoch + fraction when resuming mid-epoch.
         epoch = math.floor(state.epoch or 0.0)
         for dataset in self.datasets:
-            dataset.set_epoch(epoch)
+            # A stream's pass count is not `state.epoch` (the Trainer counts a stream's epoch as max_steps): the
+            # Trainer sets it on the dataloader at each new pass.
+            if not isinstance(dataset, torch.utils.data.IterableDataset):
+                dataset.set_epoch(epoch)

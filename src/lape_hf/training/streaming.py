@@ -1,0 +1,227 @@
+"""The streaming data path: a `datasets.IterableDataset` read as it comes, never stored.
+
+Sources: a Hub id (`load_dataset(..., streaming=True)`), local folders (`--train_dir`/`--validation_dir`: an image
+folder, or `.parquet` files, or webdataset `.tar` shards), or the built-in digits / Fashion-MNIST as an iterable of
+`STREAM_SHARDS` shards. The train stream is shuffled with a buffer (`--shuffle_buffer_size`, reseeded every pass by
+`set_epoch`) and decoded + augmented from the original image in the dataloader workers, batch by batch (`.map`), with
+the per-batch seed rule of the other paths. With N processes, accelerate gives each one its shards of the stream
+(`IterableDataset.shard`, the shard-level split of `split_dataset_by_node`; an example-level split when there are
+fewer shards than processes), so each example is read by exactly one process per pass; `dispatch_batches` is off so
+that every process reads its own part. A stream has no length: the Trainer needs `--max_steps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from typing import Any
+
+import datasets
+import torch
+from datasets import ClassLabel, IterableDataset, load_dataset
+from transformers import BaseImageProcessor
+
+from ..models.lape_vit.image_processing_lape_vit import eval_geometry
+from .data import (
+    DIGITS_DATASET_NAME,
+    IMAGE_COLUMN_CANDIDATES,
+    LABEL_COLUMN_CANDIDATES,
+    ImageClassificationSplits,
+    load_raw_splits,
+)
+from .data_modes import DecodeErrors, decode_batch, processor_pixels
+from .fashion_mnist import FASHION_MNIST_DATASET_NAME
+from .transforms import batch_seed, build_train_transform
+
+STREAM_SHARDS = 16  # built-in datasets as iterables: divisible among 1, 2, 4, 8 or 16 processes
+MAP_BATCH_SIZE = 32  # examples decoded and augmented together (one seed each batch)
+
+
+def _local_builder(directory: str) -> tuple[str, str]:
+    """The `datasets` builder for a local folder and its file pattern: parquet, webdataset shards or an image folder."""
+    if not os.path.isdir(directory):
+        raise ValueError(f"Directory {directory!r} does not exist or is not a directory.")
+    for builder, extension in (("parquet", "parquet"), ("webdataset", "tar")):
+        if glob.glob(os.path.join(directory, "**", f"*.{extension}"), recursive=True):
+            return builder, os.path.join(directory, "**", f"*.{extension}")
+    return "imagefolder", os.path.join(directory, "**")
+
+
+def load_streaming_splits(
+    dataset_name: str | None,
+    dataset_config_name: str | None,
+    train_dir: str | None,
+    validation_dir: str | None,
+    cache_dir: str | None,
+    data_dir: str | None,
+) -> tuple[datasets.IterableDatasetDict, str]:
+    """The splits as `IterableDataset`s, and the dataset's name (as `data.load_raw_splits` names it)."""
+    if train_dir is not None:
+        builder, pattern = _local_builder(train_dir)
+        data_files = {"train": pattern}
+        if validation_dir is not None:
+            data_files["validation"] = _local_builder(validation_dir)[1]
+        return load_dataset(builder, data_files=data_files, streaming=True, cache_dir=cache_dir), builder
+    if dataset_name in (None, DIGITS_DATASET_NAME, FASHION_MNIST_DATASET_NAME) or data_dir is not None:
+        raw, name = load_raw_splits(dataset_name, data_dir=data_dir)
+        return datasets.IterableDatasetDict(
+            {split: raw[split].to_iterable_dataset(num_shards=STREAM_SHARDS) for split in raw}
+        ), name
+    return load_dataset(dataset_name, dataset_config_name, streaming=True, cache_dir=cache_dir), dataset_name
+
+
+def _column(features: datasets.Features | None, requested: str | None, candidates: tuple, role: str) -> str:
+    names = list(features or {})
+    if requested is not None:
+        if requested not in names:
+            raise ValueError(f"{role} column {requested!r} is not in the stream; its columns are {names}.")
+        return requested
+    found = next((name for name in candidates if name in names), None)
+    if found is None:
+        raise ValueError(f"Cannot find the {role} column among {names}; name it with --{role}_column_name.")
+    return found
+
+
+def stream_label_feature(split: IterableDataset, label_column: str) -> ClassLabel:
+    """The label set of a stream: its `ClassLabel` (a stream cannot be read whole to collect the labels)."""
+    feature = split.features[label_column]
+    if not isinstance(feature, ClassLabel):
+        raise ValueError(
+            f"Streaming needs a ClassLabel label column; {label_column!r} is {feature}. Cast it "
+            "(`cast_column(..., ClassLabel(names=[...]))`) or use --data_mode on_the_fly."
+        )
+    return feature
+
+
+def _decode_batch(
+    batch: dict[str, list],
+    indices: list[int],
+    image_processor: BaseImageProcessor,
+    transform: Any,
+    seed: int | None,
+    errors: DecodeErrors,
+) -> dict[str, list]:
+    """One `.map` batch: decode (the one rule; a corrupt image raises naming it, or is skipped and counted), then
+    augment from the original (training, seeded by the batch's stream positions) or the processor's geometry."""
+    where = [_where(cell, index) for cell, index in zip(batch["image"], indices, strict=True)]
+    images, kept = decode_batch(batch["image"], where, errors)
+    labels = [batch["label"][position] for position in kept]
+    if seed is None:
+        pixels = list(processor_pixels(images, image_processor)) if images else []
+        return {"pixel_values": pixels, "labels": labels}
+    batch_key = batch_seed(seed, 0, indices)  # positions in this reader's stream (the shuffle reseeds each pass)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(batch_key)
+        pixels = [transform(image) for image in images]
+    return {"pixel_values": pixels, "labels": labels, "augmentation_seed": [batch_key] * len(pixels)}
+
+
+def _where(cell: Any, index: int) -> str:
+    path = cell.get("path") if isinstance(cell, dict) else None
+    return f"{path!r} (stream position {index})" if path else f"stream position {index}"
+
+
+def build_streaming_datasets(
+    data: ImageClassificationSplits, image_processor: BaseImageProcessor, augmentation, seed: int, skip: bool
+) -> tuple[IterableDataset, IterableDataset]:
+    """The train stream (shuffled, decoded and augmented in the workers) and the eval stream (processor geometry).
+
+    Both stay `datasets.IterableDataset`s so that accelerate splits them among processes by shard."""
+    transform = build_train_transform(
+        augmentation, image_processor, bool(augmentation.horizontal_flip), from_original=True
+    )
+    train_errors, eval_errors = DecodeErrors(skip, data.train_split), DecodeErrors(skip, data.eval_split)
+    train = data.train.shuffle(seed=seed, buffer_size=data.shuffle_buffer_size).map(
+        _decode_batch,
+        batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        with_indices=True,
+        remove_columns=["image", "label"],
+        fn_kwargs=dict(image_processor=image_processor, transform=transform, seed=seed, errors=train_errors),
+    )
+    evaluation = data.eval.map(
+        _decode_batch,
+        batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        with_indices=True,
+        remove_columns=["image", "label"],
+        fn_kwargs=dict(image_processor=image_processor, transform=None, seed=None, errors=eval_errors),
+    )
+    return train, evaluation
+
+
+def prepare_streaming_run(model_args, data_args, augmentation, training_args):
+    """`run.prepare_run` for `--data_mode streaming`: the streams, the label set from their features, the model."""
+    from .run import _PreparedRun, build_model_and_processor, with_eval_geometry
+
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ValueError(
+            "data_mode='streaming' needs --max_steps: a stream has no length, so the Trainer cannot count epochs "
+            f"(got max_steps={training_args.max_steps!r})."
+        )
+    start = time.perf_counter()
+    streams, dataset_name = load_streaming_splits(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        data_args.train_dir,
+        data_args.validation_dir,
+        model_args.cache_dir,
+        data_args.data_dir,
+    )
+    train_name = data_args.train_split
+    if train_name not in streams:
+        raise ValueError(f"train_split={train_name!r} is not in the stream; its splits are {list(streams)}.")
+    eval_name = data_args.eval_split or next((n for n in ("validation", "test", "valid", "val") if n in streams), None)
+    if eval_name is None or eval_name not in streams:
+        raise ValueError(
+            f"Streaming needs an eval split (a stream cannot be split by holding out a fraction); the splits are "
+            f"{list(streams)} (eval_split={data_args.eval_split!r})."
+        )
+    train, evaluation = streams[train_name], streams[eval_name]
+    image_column = _column(train.features, data_args.image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
+    label_column = _column(train.features, data_args.label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    label_feature = stream_label_feature(train, label_column)
+    standard = {image_column: "image", label_column: "label"}
+
+    def standardize(split: IterableDataset) -> IterableDataset:
+        split = split.select_columns([image_column, label_column])
+        renames = {old: new for old, new in standard.items() if old != new}
+        split = split.rename_columns(renames) if renames else split
+        return split.cast_column("image", datasets.Image(decode=False))
+
+    train, evaluation = standardize(train), standardize(evaluation)
+    if data_args.max_train_samples is not None:
+        train = train.take(data_args.max_train_samples)
+    if data_args.max_eval_samples is not None:
+        evaluation = evaluation.take(data_args.max_eval_samples)
+    model, image_processor = build_model_and_processor(model_args, list(label_feature.names))
+    image_processor = with_eval_geometry(image_processor, model.config, data_args)
+    # Each process reads its own shards of the stream (accelerate's default for an iterable is that process 0 reads
+    # everything and sends the batches out).
+    training_args.accelerator_config.dispatch_batches = False
+    data = StreamingSplits(
+        train=train,
+        eval=evaluation,
+        label_names=list(label_feature.names),
+        dataset_name=dataset_name,
+        train_split=train_name,
+        eval_split=eval_name,
+        raw_eval=evaluation,
+        data_mode="streaming",
+        eval_geometry=eval_geometry(image_processor),
+        shuffle_buffer_size=data_args.shuffle_buffer_size,
+    )
+    if augmentation.horizontal_flip is None:
+        augmentation = dataclasses.replace(augmentation, horizontal_flip=dataset_name != DIGITS_DATASET_NAME)
+    return _PreparedRun(
+        model, image_processor, data, augmentation, time.perf_counter() - start, data_args.skip_corrupt_images
+    )
+
+
+@dataclasses.dataclass
+class StreamingSplits(ImageClassificationSplits):
+    """`ImageClassificationSplits` whose splits are streams (no length), with the shuffle buffer's size."""
+
+    shuffle_buffer_size: int = 10_000
