@@ -57,6 +57,15 @@ def test_multi_line_message_is_printed_on_one_line(capsys):
     assert capsys.readouterr().err == "error: the directory is incomplete:; - config.json; - model.safetensors\n"
 
 
+def test_an_unreachable_hub_dataset_is_a_user_error(capsys):
+    @script
+    def main():  # what datasets.load_dataset raises offline or for a name that does not exist
+        raise ConnectionError("Couldn't reach 'nobody/nothing' on the Hub (OfflineModeIsEnabled)")
+
+    assert main() == 2
+    assert capsys.readouterr().err == "error: Couldn't reach 'nobody/nothing' on the Hub (OfflineModeIsEnabled)\n"
+
+
 def test_bug_keeps_its_traceback():
     @script
     def main():
@@ -114,7 +123,7 @@ def test_positional_list_field():
 
 # The names every script spells the same way for the same thing.
 SHARED_NAMES = {
-    "train": ["--output_dir", "--model_name_or_path", "--per_device_train_batch_size"],
+    "train": ["--output_dir", "--overwrite_output_dir", "--model_name_or_path", "--per_device_train_batch_size"],
     "compare_joins": ["--output_root", "--seeds"],
     "predict": ["--model", "--batch_size", "--output_file", "--revision"],
     "push_to_hub": ["--model", "--repo_id", "--revision", "--dry_run"],

@@ -7,6 +7,7 @@ README demo's recipe.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -104,6 +105,14 @@ class ModelArguments:
             raise ValueError(f"Give one of --model_name_or_path, --preset, --config_name; got {sources}.")
         if self.preset is not None:
             check_preset_name(self.preset)
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if len(values) != 3 or not all(math.isfinite(value) for value in values):
+                raise ValueError(f"--{name} takes 3 finite numbers (one per RGB channel), got {values}.")
+            if name == "image_std" and min(values) <= 0:
+                raise ValueError(f"--image_std values must be > 0 (they divide the pixels), got {values}.")
 
 
 @dataclass
@@ -206,6 +215,9 @@ class LapeTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the defaults of DeiT's recipe (AdamW, cosine, warmup, label smoothing 0.1)."""
 
     output_dir: str | None = field(default="outputs/lape-vit", metadata={"help": "Checkpoints and the final model."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into an output_dir that already holds a finished model, replacing it."}
+    )
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(
         default=0.05, metadata={"help": "AdamW weight decay (not on PE, tokens, norms, biases)."}

@@ -18,6 +18,7 @@ import numpy as np
 import PIL.Image
 import torch
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from transformers import BaseImageProcessor
 
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
@@ -100,12 +101,50 @@ def load_raw_splits(
             if not os.path.isdir(directory):
                 raise ValueError(f"{split} directory {directory!r} does not exist or is not a directory.")
             data_files[split] = os.path.join(directory, "**")
+        check_class_folders(train_dir, validation_dir)
         return load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir), "imagefolder"
     if dataset_name is None or dataset_name == DIGITS_DATASET_NAME:
         return load_digits_dataset(), DIGITS_DATASET_NAME
     if dataset_name == FASHION_MNIST_DATASET_NAME:
         return load_fashion_mnist_dataset(data_dir), FASHION_MNIST_DATASET_NAME
     return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir), dataset_name
+
+
+def class_folders(directory: str) -> dict[str, int]:
+    """The class folders of an image folder (its sub-folders) and how many image files each holds (recursively)."""
+    extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
+    counts = {}
+    for entry in sorted(os.scandir(directory), key=lambda entry: entry.name):
+        if entry.is_dir() and not entry.name.startswith("."):
+            counts[entry.name] = sum(
+                os.path.splitext(name)[1].lower() in extensions for _, _, names in os.walk(entry.path) for name in names
+            )
+    return counts
+
+
+def check_class_folders(train_dir: str, validation_dir: str | None = None) -> None:
+    """The label set of image folders is the train folder's non-empty class folders: fewer than two, or a class
+    that only the validation folder has (it would become an untrained class), is an error naming the folders."""
+    layout = "one folder per class holding its images (train_dir/<class>/<image>)"
+    counts = class_folders(train_dir)
+    classes = [name for name, count in counts.items() if count]
+    if not classes:
+        empty = f"its class folders {list(counts)} hold no images" if counts else "it has no class folders"
+        if any(entry.is_file() for entry in os.scandir(train_dir)):
+            empty += " (images directly in it have no class)"
+        raise ValueError(f"train_dir {train_dir!r} has no images to train on: {empty}; it needs {layout}.")
+    if len(classes) < 2:
+        raise ValueError(
+            f"train_dir {train_dir!r} has {len(classes)} class folder with images ({classes}); a classifier needs at "
+            f"least two: {layout}."
+        )
+    if validation_dir is not None:
+        untrained = sorted({name for name, count in class_folders(validation_dir).items() if count} - set(classes))
+        if untrained:
+            raise ValueError(
+                f"validation_dir {validation_dir!r} has class folder(s) {untrained} with no images in train_dir "
+                f"{train_dir!r} (whose classes are {classes}); every class evaluated on must be trained on."
+            )
 
 
 def _pick_column(dataset: Dataset, requested: str | None, candidates: Sequence[str], role: str) -> str:
@@ -345,6 +384,9 @@ def prepare_splits(
         raise ValueError(
             f"Split {eval_split_name!r} has no column(s) {missing}; its columns are {evaluation.column_names}."
         )
+    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value!r} must be at least 1 (or not given, for the whole split).")
     if max_train_samples is not None:
         train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
     if max_eval_samples is not None:

@@ -111,6 +111,7 @@ def plan_runs(compare: CompareArguments, base_argv: Sequence[str]) -> list[tuple
                     f"--pe_join={pe_join}",
                     f"--position_embedding_type={position_embedding_type}",
                     f"--seed={seed}",
+                    "--overwrite_output_dir=true",  # a planned run replaces what is there (compare_joins decides reuse)
                     f"--output_dir={directory}",
                 ]
                 if compare.parallel_runs > 1:

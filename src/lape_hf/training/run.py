@@ -45,6 +45,7 @@ from ..predict import load_classifier
 from .arguments import (
     CENTER_CROP_MIN_SIZE,
     DEFAULT_PRESET,
+    DEMO_ARGS,
     DataArguments,
     LapeTrainingArguments,
     ModelArguments,
@@ -60,6 +61,7 @@ from .data import (
 )
 from .data_modes import build_training_datasets
 from .eval_predictions import EvalPredictions
+from .output_dir import check_output_dir, removed_if_empty_on_error, save_model_atomically
 from .results import build_results, training_record
 from .trainer import LapeTrainer, build_compute_metrics
 from .transforms import (
@@ -376,7 +378,9 @@ def train_and_evaluate(
     trainer.log(metrics)  # into the log history, as evaluate() puts them
     wall_time_seconds = time.perf_counter() - start
     cpu_seconds = _cpu_seconds() - cpu_start
-    trainer.save_model(trainer.args.output_dir)
+    if trainer.interrupt.requested:  # Ctrl-C: the last complete checkpoint stays; no final model
+        raise KeyboardInterrupt
+    save_model_atomically(trainer, trainer.args.output_dir)
     if trainer.is_world_process_zero():
         id2label = trainer.model.config.id2label
         label_names = [id2label[index] for index in sorted(id2label)]
@@ -409,6 +413,13 @@ def _preset_of(model_args: ModelArguments) -> str | None:
     return DEFAULT_PRESET
 
 
+def _demo_output_dir(run_args: RunArguments) -> str | None:
+    """The demo's own output directory (which it may replace, saying so), for a demo run."""
+    if not run_args.demo:
+        return None
+    return next(argument.split("=", 1)[1] for argument in DEMO_ARGS if argument.startswith("--output_dir="))
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -419,13 +430,15 @@ def run_training(
     """Train, evaluate and save (model, image processor, custom code, `results.json`); returns the results record
     as written (`RunResults.to_dict()`)."""
     run_args = run_args or RunArguments()
+    check_output_dir(training_args.output_dir, training_args.overwrite_output_dir, _demo_output_dir(run_args))
     checkpoint = _resolve_checkpoint(training_args)
     if run_args.torch_num_threads is not None:
         torch.set_num_threads(run_args.torch_num_threads)
     set_seed(training_args.seed)
-    prepared = prepare_run(model_args, data_args, augmentation, training_args)
-    trainer = build_trainer(prepared, training_args)
-    metrics, wall_time_seconds, timing = train_and_evaluate(trainer, checkpoint, prepared.preparation_seconds)
+    with removed_if_empty_on_error(training_args.output_dir):
+        prepared = prepare_run(model_args, data_args, augmentation, training_args)
+        trainer = build_trainer(prepared, training_args)
+        metrics, wall_time_seconds, timing = train_and_evaluate(trainer, checkpoint, prepared.preparation_seconds)
     results = build_results(
         trainer.model,
         _preset_of(model_args),
