@@ -74,6 +74,8 @@ def test_save_pretrained_writes_safetensors_config_and_code(tmp_path):
     assert auto_map == {
         "AutoConfig": "configuration_lape_vit.LapeViTConfig",
         "AutoModelForImageClassification": "modeling_lape_vit.LapeViTForImageClassification",
+        "AutoModel": "modeling_lape_vit.LapeViTModel",
+        "AutoBackbone": "modeling_lape_vit.LapeViTBackbone",
     }
     for code in ("configuration_lape_vit.py", "modeling_lape_vit.py"):
         imports = [line for line in (tmp_path / code).read_text().splitlines() if line.startswith(("import ", "from "))]

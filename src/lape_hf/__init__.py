@@ -18,11 +18,12 @@ import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from . import _deprecated_modules
 from .models.lape_vit import (
     PRESETS,
+    LapeViTBackbone,
     LapeViTConfig,
     LapeViTForImageClassification,
     LapeViTForImageClassificationWithTeacher,
@@ -37,12 +38,14 @@ except PackageNotFoundError:  # a source tree on sys.path without installation
 
 AutoConfig.register(LapeViTConfig.model_type, LapeViTConfig, exist_ok=True)
 AutoModel.register(LapeViTConfig, LapeViTModel, exist_ok=True)
+AutoBackbone.register(LapeViTConfig, LapeViTBackbone, exist_ok=True)
 # As transformers does for DeiT: one config, two classifiers, chosen by the checkpoint's `architectures`.
 AutoModelForImageClassification.register(
     LapeViTConfig, (LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher), exist_ok=True
 )
 LapeViTConfig.register_for_auto_class()
 LapeViTModel.register_for_auto_class("AutoModel")
+LapeViTBackbone.register_for_auto_class("AutoBackbone")
 LapeViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 LapeViTForImageClassificationWithTeacher.register_for_auto_class("AutoModelForImageClassification")
 
@@ -75,6 +78,7 @@ _deprecated_modules.install()
 __all__ = [
     *_LAZY_NAMES,
     "PRESETS",
+    "LapeViTBackbone",
     "LapeViTConfig",
     "LapeViTForImageClassification",
     "LapeViTForImageClassificationWithTeacher",

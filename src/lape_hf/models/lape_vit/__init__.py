@@ -16,6 +16,7 @@ from .configuration_lape_vit import (
 )
 from .image_processing_lape_vit import build_image_processor
 from .modeling_lape_vit import (
+    LapeViTBackbone,
     LapeViTForImageClassification,
     LapeViTForImageClassificationWithTeacher,
     LapeViTModel,
@@ -30,6 +31,7 @@ __all__ = [
     "PRESETS",
     "RELATIVE_POSITION_BIAS_TYPES",
     "TOKENIZER_TYPES",
+    "LapeViTBackbone",
     "LapeViTConfig",
     "LapeViTForImageClassification",
     "LapeViTForImageClassificationWithTeacher",

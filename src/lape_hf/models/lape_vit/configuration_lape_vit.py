@@ -24,6 +24,7 @@ from huggingface_hub.errors import (
 )
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneConfigMixin
 
 # The allowed values of the two options the LaPE paper studies, each with the phrase the model card prints for it
 # ("a <position embedding description> position embedding joined to the tokens by pe_join=..., <join description>").
@@ -247,7 +248,7 @@ def _raise_value_errors(cls: type[PreTrainedConfig]) -> type[PreTrainedConfig]:
 
 @_raise_value_errors
 @strict
-class LapeViTConfig(PreTrainedConfig):
+class LapeViTConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a LapeViT model: a ViT/DeiT/CCT-style encoder whose position embedding (PE) is joined to the
     tokens in one of the ways studied by the LaPE paper. Every field is type- and range-checked; a bad value raises
@@ -282,6 +283,11 @@ class LapeViTConfig(PreTrainedConfig):
         use_distillation_token (`bool`): DeiT's distillation token (needs `pooler_type="cls"`).
         encoder_layer_form (`str`): `"pre_norm"` (ViT/DeiT) or `"post_attention_norm"` (CCT: the MLP input is the
             normalized residual stream).
+        apply_layernorm (`bool`, defaults to `True`): `LapeViTBackbone` applies the final LayerNorm to its feature maps.
+        reshape_hidden_states (`bool`, defaults to `True`): `LapeViTBackbone` returns `(batch, hidden, rows, columns)`
+            maps of the patch tokens; `False`: the `(batch, tokens, hidden)` sequences, prefix tokens included.
+        out_features, out_indices (keywords, as for every transformers backbone): the stages `LapeViTBackbone` returns,
+            by name (`"stem"` for the embeddings, `"stage1"`.. for the layers) or index (default: the last).
         num_labels (`int`, a keyword of every transformers config): classes of the classifier head; `0` builds the
             classification models without a head (their logits are the pooled features, as timm's `num_classes=0`).
 
@@ -326,15 +332,33 @@ class LapeViTConfig(PreTrainedConfig):
     pooler_type: str = validated_field(_one_of(POOLER_TYPES), default="cls")
     use_distillation_token: bool = False
     encoder_layer_form: str = validated_field(_one_of(ENCODER_LAYER_FORMS), default="pre_norm")
+    apply_layernorm: bool = True
+    reshape_hidden_states: bool = True
 
     def __post_init__(self, **kwargs):
         if isinstance(self.image_size, tuple):
             self.image_size = list(self.image_size)  # one form, as JSON gives it back
+        # The backbone's stages (transformers' BackboneConfigMixin): the embeddings, then one per layer; derived from
+        # the depth, so a stored list is not read back.
+        kwargs.pop("stage_names", None)
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, self.num_hidden_layers + 1)]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         super().__post_init__(**kwargs)
         # AutoModelForImageClassification picks the plain or distilled classifier by `architectures` and iterates it
         # (transformers' `_get_model_class`), so `from_config` on a fresh config needs a list, not None.
         if self.architectures is None:
             self.architectures = []
+
+    def to_dict(self) -> dict[str, Any]:
+        """The saved form. The default backbone output (the last stage) is saved as None, so it stays "the last
+        stage" when a later config changes the depth; the stage names are derived, not saved."""
+        output = super().to_dict()
+        output.pop("stage_names", None)
+        if output.get("out_indices") == [len(self.stage_names) - 1]:
+            output["out_features"] = output["out_indices"] = None
+        return output
 
     @property
     def num_labels(self) -> int | None:

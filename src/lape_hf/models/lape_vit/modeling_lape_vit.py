@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
@@ -155,6 +156,16 @@ def sinusoidal_2d_position_embedding(height: int, width: int, dim: int) -> torch
     return table.reshape(height * width, dim).float()
 
 
+def is_stored_grid(grid_size: tuple[int, int], stored_grid_size: tuple[int, int]) -> bool:
+    """Whether a token grid is the one the PE tables are stored for (then they are used as they are).
+
+    Always False while `torch.export` traces: comparing a symbolic size with the stored grid would specialize the
+    exported graph to one side of the comparison. The general path gives the same values at the stored grid (bicubic
+    resizing to the same size is the identity; a sinusoidal table recomputed for it is the same table).
+    """
+    return not torch.compiler.is_exporting() and tuple(grid_size) == tuple(stored_grid_size)
+
+
 class LapeViTPositionEmbedding(nn.Module):
     """
     The model's absolute PE, `(num_tables, num_tokens, hidden_size)`: one table, or one per layer for
@@ -187,7 +198,7 @@ class LapeViTPositionEmbedding(nn.Module):
     def forward(self, grid_size: tuple[int, int]) -> torch.Tensor | None:
         if self.type == "none":
             return None
-        if tuple(grid_size) == self.grid_size:
+        if is_stored_grid(grid_size, self.grid_size):
             return self.position_embeddings
         if self.type == "learnable":
             return self._resize_learnable(grid_size)
@@ -239,7 +250,7 @@ class LapeViTRelativePositionBias(nn.Module):
         table, index, layernorm_weight, layernorm_bias = self.table, self.index, None, None
         if self.layernorm is not None:
             layernorm_weight, layernorm_bias = self.layernorm.weight, self.layernorm.bias
-        if tuple(grid_size) != self.grid_size:
+        if not is_stored_grid(grid_size, self.grid_size):
             table, layernorm_weight, layernorm_bias = self._resized(grid_size)
             index = self.relative_position_index(grid_size, table.device)
         num_patches = grid_size[0] * grid_size[1]
@@ -590,6 +601,52 @@ class LapeViTPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": LapeViTLayer, "attentions": LapeViTAttention}
 
+    def _check_pixel_values(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
+        """Bad input fails here with what was given and what is expected, not as a shape error deep inside."""
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width).")
+        if not isinstance(pixel_values, torch.Tensor):
+            raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a floating point tensor, got dtype {pixel_values.dtype}; "
+                "use the image processor (AutoImageProcessor) or convert and normalize the images first."
+            )
+        channels, height, width = pixel_values.shape[1:]
+        if channels != self.config.num_channels:
+            raise ValueError(
+                f"pixel_values has {channels} channels, but the model expects num_channels={self.config.num_channels}."
+            )
+        expected = self.config.image_size_2d
+        if not interpolate_pos_encoding and (height, width) != expected:
+            raise ValueError(
+                f"Input image size ({height}x{width}) does not match the model ({expected[0]}x{expected[1]}); "
+                "resize the images (the image processor does) or pass interpolate_pos_encoding=True."
+            )
+        rows, columns = self.config.token_grid_size(height, width)
+        if rows < 1 or columns < 1:
+            raise ValueError(
+                f"Input image size ({height}x{width}) is too small: the tokenizer makes a {rows}x{columns} grid."
+            )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`; `auto_map` also names the other classes of this file registered for remote
+        code (the bare model, the backbone), so that AutoModel and AutoBackbone load any saved LapeViT directory with
+        `trust_remote_code=True` (transformers itself writes only the saved class)."""
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            for model_class in (LapeViTModel, LapeViTBackbone):  # defined below; looked up when saving
+                if model_class._auto_class is not None:
+                    auto_map.setdefault(
+                        model_class._auto_class, f"{__name__.rsplit('.', 1)[-1]}.{model_class.__name__}"
+                    )
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def no_weight_decay(self) -> set[str]:
         """Names of the parameters DeiT trains without weight decay besides the 1-D ones (biases, norms): the
         position embeddings, the class/distillation tokens and the relative position bias tables (timm's method)."""
@@ -649,38 +706,6 @@ class LapeViTModel(LapeViTPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.tokenizer
-
-    def _check_pixel_values(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
-        """Bad input fails here with what was given and what is expected, not as a shape error deep inside."""
-        if pixel_values is None:
-            raise ValueError("pixel_values is required: a float tensor (batch, channels, height, width).")
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
-        if pixel_values.ndim != 4:
-            raise ValueError(
-                f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
-            )
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values must be a floating point tensor, got dtype {pixel_values.dtype}; "
-                "use the image processor (AutoImageProcessor) or convert and normalize the images first."
-            )
-        channels, height, width = pixel_values.shape[1:]
-        if channels != self.config.num_channels:
-            raise ValueError(
-                f"pixel_values has {channels} channels, but the model expects num_channels={self.config.num_channels}."
-            )
-        expected = self.config.image_size_2d
-        if not interpolate_pos_encoding and (height, width) != expected:
-            raise ValueError(
-                f"Input image size ({height}x{width}) does not match the model ({expected[0]}x{expected[1]}); "
-                "resize the images (the image processor does) or pass interpolate_pos_encoding=True."
-            )
-        rows, columns = self.config.token_grid_size(height, width)
-        if rows < 1 or columns < 1:
-            raise ValueError(
-                f"Input image size ({height}x{width}) is too small: the tokenizer makes a {rows}x{columns} grid."
-            )
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -807,7 +832,56 @@ class LapeViTForImageClassificationWithTeacher(LapeViTPreTrainedModel):
         )
 
 
+class LapeViTBackbone(BackboneMixin, LapeViTPreTrainedModel):
+    """
+    LapeViT as a backbone for detection and segmentation heads (transformers' `BackboneMixin`, as `Dinov2Backbone`):
+    the hidden states of the stages in `config.out_features` ("stem" is the embeddings, "stageN" the output of layer
+    N), each through the final LayerNorm (`config.apply_layernorm`) and, with `config.reshape_hidden_states`, as
+    `(batch, hidden, rows, columns)` maps of the patch tokens (the class/distillation tokens dropped).
+    """
+
+    def __init__(self, config: LapeViTConfig):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+        self.embeddings = LapeViTEmbeddings(config)
+        self.encoder = LapeViTEncoder(config)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.tokenizer
+
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor | None = None, interpolate_pos_encoding: bool | None = None, **kwargs
+    ) -> BackboneOutput:
+        self._check_pixel_values(pixel_values, bool(interpolate_pos_encoding))
+        pixel_values = pixel_values.to(self.layernorm.weight.dtype)
+        hidden_states, stream, grid_size = self.embeddings(pixel_values)
+        stages = [hidden_states]
+        for index, layer in enumerate(self.encoder.layers):
+            hidden_states, position_embedding = layer(hidden_states, stream.layer_input(index), grid_size, **kwargs)
+            stream.layer_output(index, layer, position_embedding)
+            stages.append(hidden_states)
+        feature_maps = tuple(
+            self._feature_map(stage, grid_size)
+            for name, stage in zip(self.stage_names, stages, strict=True)
+            if name in self.out_features
+        )
+        output_hidden_states = kwargs.get("output_hidden_states", self.config.output_hidden_states)
+        return BackboneOutput(feature_maps=feature_maps, hidden_states=tuple(stages) if output_hidden_states else None)
+
+    def _feature_map(self, hidden_states: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        if self.config.apply_layernorm:
+            hidden_states = self.layernorm(hidden_states)
+        if not self.config.reshape_hidden_states:
+            return hidden_states
+        patches = hidden_states[:, self.config.num_prefix_tokens :]
+        return patches.reshape(patches.shape[0], grid_size[0], grid_size[1], -1).permute(0, 3, 1, 2).contiguous()
+
+
 __all__ = [
+    "LapeViTBackbone",
     "LapeViTForImageClassification",
     "LapeViTForImageClassificationWithTeacher",
     "LapeViTModel",
