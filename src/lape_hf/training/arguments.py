@@ -19,6 +19,7 @@ from ..models.lape_vit.image_processing_lape_vit import DEIT_CROP_PCT, EVAL_GEOM
 from .data import DIGITS_DATASET_NAME
 from .data_modes import DATA_MODES
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_DATASET_NAME
+from .lora import LoraArguments
 from .transforms import AugmentationArguments
 
 DEFAULT_PRESET = "vit-lite-7/4"
@@ -59,8 +60,9 @@ DEMO_ARGS: list[str] = [
 
 
 @dataclass
-class ModelArguments:
-    """Which model to train: a preset or config from scratch, or a checkpoint (local dir or Hub id) to fine-tune."""
+class ModelArguments(LoraArguments):
+    """Which model to train: a preset or config from scratch, or a checkpoint (local dir or Hub id) to fine-tune,
+    in full or with LoRA (the `--lora_*` arguments of `LoraArguments`)."""
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A LapeViT checkpoint to fine-tune: a local directory or a Hub model id."}
@@ -100,6 +102,11 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lora_r > 0 and self.model_name_or_path is None:
+            raise ValueError(
+                f"--lora_r {self.lora_r} trains an adapter for a trained model: give --model_name_or_path."
+            )
         sources = [name for name in ("model_name_or_path", "preset", "config_name") if getattr(self, name)]
         if len(sources) > 1:
             raise ValueError(f"Give one of --model_name_or_path, --preset, --config_name; got {sources}.")

@@ -61,6 +61,7 @@ from .data import (
 )
 from .data_modes import build_training_datasets
 from .eval_predictions import EvalPredictions
+from .lora import apply_lora, lora_record, parameter_counts
 from .output_dir import check_output_dir, removed_if_empty_on_error, save_model_atomically
 from .results import build_results, training_record
 from .trainer import LapeTrainer, build_compute_metrics
@@ -420,6 +421,25 @@ def _demo_output_dir(run_args: RunArguments) -> str | None:
     return next(argument.split("=", 1)[1] for argument in DEMO_ARGS if argument.startswith("--output_dir="))
 
 
+def _with_lora(
+    model: LapeViTPreTrainedModel, model_args: ModelArguments, training_args: LapeTrainingArguments
+) -> torch.nn.Module:
+    """The model wrapped for LoRA training. The Trainer cannot read the label names from a peft model's forward
+    (`**kwargs`), and without them evaluation returns no labels (no accuracy): they are named here."""
+    model = apply_lora(model, model_args)
+    training_args.label_names = training_args.label_names or ["labels"]
+    counts = parameter_counts(model)
+    logger.info(
+        "LoRA r=%d on %s: training %d of %d parameters (%.2f%%)",
+        model_args.lora_r,
+        ", ".join(model_args.lora_target_modules),
+        counts["trainable_parameters"],
+        counts["total_parameters"],
+        100 * counts["trainable_fraction"],
+    )
+    return model
+
+
 def run_training(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -437,6 +457,8 @@ def run_training(
     set_seed(training_args.seed)
     with removed_if_empty_on_error(training_args.output_dir):
         prepared = prepare_run(model_args, data_args, augmentation, training_args)
+        if model_args.lora_r > 0:
+            prepared.model = _with_lora(prepared.model, model_args, training_args)
         trainer = build_trainer(prepared, training_args)
         metrics, wall_time_seconds, timing = train_and_evaluate(trainer, checkpoint, prepared.preparation_seconds)
     results = build_results(
@@ -448,6 +470,8 @@ def run_training(
         wall_time_seconds,
         timing,
     )
+    if model_args.lora_r > 0:
+        results.training["lora"] = lora_record(trainer.model, model_args)
     if trainer.is_world_process_zero():
         if run_args.classify_examples > 0:
             results.examples = _classify_held_out(training_args.output_dir, prepared.data, run_args.classify_examples)
