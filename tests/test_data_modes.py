@@ -319,3 +319,34 @@ def test_two_processes_see_every_example_exactly_once_per_pass(pattern_folders, 
     hashes = [digest for part in seen for digest, _ in part]
     assert len(set(hashes)) == 72
     assert sorted(label for part in seen for _, label in part) == sorted([0, 1, 2] * 24)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "requested", "expected"),
+    [
+        (16, "auto", "resize"),
+        (224, "auto", "center_crop"),
+        (224, "resize", "resize"),
+        (32, "center_crop", "center_crop"),
+    ],
+)
+def test_the_eval_geometry_follows_the_resolution_unless_asked(image_size, requested, expected):
+    from lape_hf.training.arguments import DataArguments
+    from lape_hf.training.run import with_eval_geometry
+
+    config = tiny_config(image_size=image_size, patch_size=4 if image_size < 64 else 16)
+    processor = with_eval_geometry(build_image_processor(config), config, DataArguments(eval_geometry=requested))
+    assert eval_geometry(processor) == expected
+    pixels = processor(images=natural_like(0, size=(300, 200)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, image_size, image_size)
+
+
+def test_bad_data_arguments_name_the_value_and_what_is_allowed():
+    from lape_hf.training.arguments import DataArguments
+
+    with pytest.raises(ValueError, match="data_mode='fast' is not one of auto, prepared, on_the_fly, streaming"):
+        DataArguments(data_mode="fast")
+    with pytest.raises(ValueError, match="eval_geometry='crop' is not one of auto, resize, center_crop"):
+        DataArguments(eval_geometry="crop")
+    with pytest.raises(ValueError, match=r"crop_pct=1\.5 must be in \(0, 1\]"):
+        DataArguments(crop_pct=1.5)
