@@ -28,6 +28,7 @@ from pathlib import Path
 # The profiler behind the memory figures (Kineto) prints start/stop lines for every measured step below level 6.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
+from lape_hf.atomic_files import check_output_dir  # noqa: E402
 from lape_hf.cli import parse_args as parse_arguments  # noqa: E402
 from lape_hf.cli import script  # noqa: E402
 from lape_hf.tools.benchmark import (  # noqa: E402
@@ -107,9 +108,17 @@ def run_in_processes(args: BenchmarkArguments) -> BenchmarkReport:
     return combine_reports(reports)
 
 
+def output_path(args: BenchmarkArguments) -> Path:
+    """--output_file, or outputs/benchmark/<size>[-compile].json."""
+    return args.output_file or Path("outputs/benchmark") / (
+        args.size.replace("/", "_") + ("-compile" if args.compile else "") + ".json"
+    )
+
+
 @script
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_output_dir(output_path(args).parent)  # before minutes of measuring
     if args.processes > 1:
         try:
             report = run_in_processes(args)
@@ -141,9 +150,7 @@ def finish(args: BenchmarkArguments, report: BenchmarkReport) -> int:
     """Print the report and write its JSON."""
     print()
     print(report.format())
-    output = args.output_file or Path("outputs/benchmark") / (
-        args.size.replace("/", "_") + ("-compile" if args.compile else "") + ".json"
-    )
+    output = output_path(args)
     report.write_json(output)
     print(f"\nwrote {output}")
     return 0

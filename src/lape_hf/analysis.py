@@ -21,10 +21,8 @@ similarity of the PE vectors, d = Euclidean distance of the patch centres in pat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
-from .atomic_files import atomic_write
+from .atomic_files import atomic_write, check_output_dir
 from .models.lape_vit.configuration_lape_vit import LapeViTConfig
 from .predict import MODEL_LOADING_ERRORS
 
@@ -409,24 +407,6 @@ def plot_similarity_matrices(all_maps: Sequence[PositionEmbeddingMaps], include_
     """Per layer, the full N x N patch-to-patch cosine similarity matrix (patches in row-major order)."""
     rows, columns = _rows(all_maps, include_raw, lambda maps, similarity: similarity)
     return _draw(rows, columns, "Patch-to-patch cosine similarity of the PE (patches in row-major order)")
-
-
-def check_output_dir(directory: str | Path) -> Path:
-    """Fail, naming it, when `directory` cannot be created or written to; leaves nothing behind (the folders it
-    creates to try are removed again). Called before any computation, so that a bad place fails at once."""
-    directory = Path(directory)
-    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise PermissionError(f"cannot write to the output directory {str(directory)!r}: {error.strerror}.") from None
-    finally:
-        for folder in missing:  # deepest first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-    return directory
 
 
 def save_figure(figure: Figure, path_without_suffix: str | Path, formats: Sequence[str] = ("png",), dpi: int = 100):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import glob
 import json
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from transformers import (
     pipeline,
 )
 
-from .atomic_files import atomic_write
+from .atomic_files import atomic_write, check_output_dir
 from .cli import one_line
 from .images import UNREADABLE_IMAGE_ERRORS, decode_image
 
@@ -185,9 +184,7 @@ OUTPUT_FORMATS = {".json": write_json, ".csv": write_csv}
 
 def check_writable(path: Path) -> None:
     """Fail before any work when `path`'s folder cannot be created or written to (a `PermissionError` naming it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"cannot write {path}: its folder {path.parent} is not writable.")
+    check_output_dir(path.parent)
 
 
 def write_results(results: Sequence[ImageResult], path: Path) -> None:
