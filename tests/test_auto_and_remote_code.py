@@ -12,6 +12,7 @@ import torch
 from conftest import randomize_, tiny_config
 from hub_helpers import run_without_lape_hf
 from PIL import Image
+from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, pipeline
 
 from lape_hf import (
@@ -70,6 +71,8 @@ def test_save_pretrained_writes_safetensors_config_and_code(tmp_path):
     assert {"model.safetensors", "config.json", "preprocessor_config.json"} <= files
     assert {"configuration_lape_vit.py", "modeling_lape_vit.py"} <= files
     assert not any(name.endswith((".bin", ".pt.bin", ".pth")) for name in files)
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:  # what the Hub and loaders read the format from
+        assert weights.metadata() == {"format": "pt"}
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map == {
         "AutoConfig": "configuration_lape_vit.LapeViTConfig",

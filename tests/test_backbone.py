@@ -142,3 +142,18 @@ def test_image_feature_extraction_pipeline_gives_token_features_or_the_pooled_ou
     pooled = torch.tensor(extractor(image, pool=True))
     torch.testing.assert_close(tokens, expected.last_hidden_state, rtol=0, atol=1e-5)
     torch.testing.assert_close(pooled, expected.pooler_output, rtol=0, atol=1e-5)
+
+
+def test_the_backbone_builds_on_meta_and_initializes_like_a_normally_built_one():
+    config = tiny_config(relative_position_bias="lape", position_embedding_type="sinusoidal_2d", out_indices=[1, 3])
+    with torch.device("meta"):
+        backbone = LapeViTBackbone(config)
+    backbone.to_empty(device="cpu")
+    backbone.init_weights()
+    reference = LapeViTBackbone(config)
+    for (name, buffer), (_, expected) in zip(backbone.named_buffers(), reference.named_buffers(), strict=True):
+        assert torch.equal(buffer, expected), name
+    with torch.no_grad():
+        feature_maps = backbone.eval()(torch.randn(1, 3, 32, 32)).feature_maps
+    assert [tuple(feature_map.shape) for feature_map in feature_maps] == [(1, 32, 4, 4)] * 2
+    assert all(torch.isfinite(feature_map).all() for feature_map in feature_maps)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,20 @@ def test_every_model_form_exports_to_onnx_equal_to_eager(tmp_path, overrides):
     model = saved_classifier(tmp_path / "model", **overrides)
     onnx_path = write_graph(model, "onnx", tmp_path)
     assert max_onnx_difference(model, onnx_path) <= TOLERANCE
+
+
+def test_an_onnx_folder_in_the_model_directory_is_published_and_shown_on_the_card(onnx_export, tmp_path):
+    from lape_hf.hub import prepare_upload
+
+    _, root = onnx_export
+    template = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+    model_dir = tmp_path / "model"
+    shutil.copytree(root / "model", model_dir)
+    without = prepare_upload(model_dir, "org/tiny", template_path=template)
+    shutil.copytree(root / "onnx", model_dir / "onnx")
+    with_onnx = prepare_upload(model_dir, "org/tiny", template_path=template)
+    assert "onnx/model.onnx" in with_onnx.repository_files() and "onnx/config.json" in with_onnx.repository_files()
+    assert "onnxruntime.InferenceSession" in str(with_onnx.card)
+    assert "onnxruntime" not in str(without.card)
+    assert "scripts/export.py --model org/tiny" in str(without.card)  # the routes a user can take from here
+    assert "--lora_r 8" in str(without.card)

@@ -81,6 +81,7 @@ def test_the_output_is_an_adapter_with_the_image_processor(lora_run):
 
 def test_lora_is_on_qkv_and_the_classifier_and_pe_layernorms_are_saved_whole(lora_run):
     with safe_open(lora_run / "adapter" / "adapter_model.safetensors", "pt") as weights:
+        assert weights.metadata() == {"format": "pt"}
         shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
     lora_names = [name for name in shapes if "lora_" in name]
     assert len(lora_names) == 2 * LAYERS and all(".attention.qkv." in name for name in lora_names)
@@ -182,3 +183,16 @@ def test_lora_without_a_checkpoint_is_refused(tmp_path, capsys):
     status = load_script("train").main(["--lora_r=4", f"--output_dir={tmp_path / 'out'}"])
     error = capsys.readouterr().err.strip()
     assert status == 2 and "--lora_r 4 trains an adapter for a trained model: give --model_name_or_path" in error
+
+
+def test_readme_lora_loading_example_runs_as_written(lora_run, tmp_path, monkeypatch):
+    from test_readme import python_blocks
+
+    (example,) = python_blocks("LoRA fine-tuning")
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "demo").symlink_to(lora_run / "base")
+    (tmp_path / "outputs" / "demo-lora").symlink_to(lora_run / "adapter")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "README.md#lora", "exec"), namespace)
+    assert type(namespace["merged"]) is LapeViTForImageClassification

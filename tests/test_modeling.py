@@ -402,6 +402,28 @@ def test_a_model_built_on_meta_and_initialized_equals_a_normally_built_one(case,
     assert torch.isfinite(output).all()
 
 
+def _plain_tensors(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (list, tuple, set)):
+        return any(_plain_tensors(item) for item in value)
+    return isinstance(value, dict) and any(_plain_tensors(item) for item in value.values())
+
+
+@pytest.mark.parametrize("case,model_class", META_MODELS, ids=[f"{name}-{cls.__name__}" for name, cls in META_MODELS])
+def test_every_tensor_a_model_holds_is_a_parameter_or_a_buffer(case, model_class):
+    """A plain tensor attribute is not moved by `to()`, not materialized by `to_empty()` and not in the state dict."""
+    model = model_class(tiny_config(**META_CASES[case]))
+    registries = ("_parameters", "_buffers", "_modules")
+    plain = [
+        f"{prefix or '<model>'}.{name}"
+        for prefix, module in model.named_modules()
+        for name, value in vars(module).items()
+        if name not in registries and _plain_tensors(value)
+    ]
+    assert plain == []
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The classifier head
 # ---------------------------------------------------------------------------------------------------------------------

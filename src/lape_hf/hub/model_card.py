@@ -289,8 +289,10 @@ def render_model_card(
     template_path: str | Path,
     source: CardSource | None = None,
     num_parameters: int | None = None,
+    onnx_file: str | None = None,
 ) -> ModelCard:
-    """The model card of a checkpoint to be published as `repo_id`, laid out by the Jinja template."""
+    """The model card of a checkpoint to be published as `repo_id`, laid out by the Jinja template; `onnx_file` is
+    the repository path of an exported ONNX graph (scripts/export.py), whose use the card then shows."""
     source = source or CardSource()
     card_data = build_card_data(config, results, repo_id, source)
     height, width = config.image_size_2d
@@ -318,6 +320,7 @@ def render_model_card(
         "eval_split": results["dataset"].get("eval_split") if results else None,
         "training_rows": _training_rows(results) if results else [],
         "citation": CITATION_BIBTEX,
+        "onnx_file": onnx_file,
     }
     template = read_card_template(template_path)
     undefined = _undeclared_variables(template) - set(context) - set(card_data.to_dict()) - {"card_data"}

@@ -47,6 +47,8 @@ CLASSIFIER_CLASSES = {
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # What is never uploaded, as `huggingface_hub` ignore patterns (fnmatch on the POSIX path; a trailing "/" means a
 # folder's contents), with the reason the dry run gives.
+# An ONNX export written into the model directory (scripts/export.py --output_dir MODEL_DIR/onnx) goes up with it.
+ONNX_FILE = "onnx/model.onnx"
 IGNORE_PATTERNS: dict[str, tuple[str, ...]] = {
     "hidden or cache file": (".*", "*/.*", "__pycache__/", "*/__pycache__/*"),
     "intermediate Trainer checkpoint": ("checkpoint-*/",),
@@ -397,6 +399,7 @@ def prepare_upload(
         template_path,
         source=card_source,
         num_parameters=model.num_parameters,
+        onnx_file=ONNX_FILE if ONNX_FILE in model.files else None,
     )
     return UploadPlan(repo_id=repo_id, model=model, card=card)
 
