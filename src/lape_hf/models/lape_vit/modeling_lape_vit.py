@@ -539,11 +539,19 @@ class LapeViTEncoder(nn.Module):
         self.layers = nn.ModuleList(LapeViTLayer(config, rate) for rate in rates)
 
     def forward(
-        self, hidden_states: torch.Tensor, stream: LapeViTPositionStream, grid_size: tuple[int, int], **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        stream: LapeViTPositionStream,
+        grid_size: tuple[int, int],
+        layer_outputs: list[torch.Tensor] | None = None,
+        **kwargs,
     ) -> torch.Tensor:
+        """`layer_outputs`, when given, receives every layer's output (the backbone's stages)."""
         for index, layer in enumerate(self.layers):
             hidden_states, position_embedding = layer(hidden_states, stream.layer_input(index), grid_size, **kwargs)
             stream.layer_output(index, layer, position_embedding)
+            if layer_outputs is not None:
+                layer_outputs.append(hidden_states)
         return hidden_states
 
 
@@ -859,10 +867,7 @@ class LapeViTBackbone(BackboneMixin, LapeViTPreTrainedModel):
         pixel_values = pixel_values.to(self.layernorm.weight.dtype)
         hidden_states, stream, grid_size = self.embeddings(pixel_values)
         stages = [hidden_states]
-        for index, layer in enumerate(self.encoder.layers):
-            hidden_states, position_embedding = layer(hidden_states, stream.layer_input(index), grid_size, **kwargs)
-            stream.layer_output(index, layer, position_embedding)
-            stages.append(hidden_states)
+        self.encoder(hidden_states, stream, grid_size, layer_outputs=stages, **kwargs)
         feature_maps = tuple(
             self._feature_map(stage, grid_size)
             for name, stage in zip(self.stage_names, stages, strict=True)
