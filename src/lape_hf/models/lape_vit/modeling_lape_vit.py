@@ -179,7 +179,7 @@ class LapeViTPositionEmbedding(nn.Module):
         self.num_prefix_tokens = config.num_prefix_tokens
         self.hidden_size = config.hidden_size
         self.grid_size = config.token_grid_size()
-        num_tables = config.num_hidden_layers if config.pe_join == "unshare" else 1
+        num_tables = LapeViTPositionStream.num_tables(config.pe_join, config.num_hidden_layers)
         if self.type == "learnable":
             self.position_embeddings = nn.Parameter(torch.zeros(num_tables, config.num_tokens, config.hidden_size))
         elif self.type in ("sinusoidal_1d", "sinusoidal_2d"):
@@ -305,6 +305,11 @@ class LapeViTPositionStream:
         self.tables = tables
         self.carried = tables[:1] if tables is not None else None
         self.seen: list[torch.Tensor] | None = [] if record and tables is not None else None
+
+    @staticmethod
+    def num_tables(pe_join: str, num_layers: int) -> int:
+        """How many PE tables the join needs: one per layer for "unshare", else one."""
+        return num_layers if pe_join == "unshare" else 1
 
     def join_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """The tokens entering the encoder: `x + p_0` for "add" (before the token dropout), else unchanged."""
