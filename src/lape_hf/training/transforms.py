@@ -44,7 +44,10 @@ class AugmentationArguments:
     )
     rand_augment: bool = field(default=True, metadata={"help": "RandAugment (uint8, before normalization)."})
     rand_augment_num_ops: int = field(default=2, metadata={"help": "RandAugment: operations per image."})
-    rand_augment_magnitude: int = field(default=9, metadata={"help": "RandAugment: magnitude (0..30)."})
+    # torchvision's magnitude runs 0..30 where timm's runs 0..10: DeiT's "rand-m9" is 27 here.
+    rand_augment_magnitude: int = field(
+        default=27, metadata={"help": "RandAugment: magnitude on torchvision's 0..30 scale (DeiT's m9 = 27)."}
+    )
     random_erasing: float = field(default=0.25, metadata={"help": "Probability of RandomErasing (0 disables)."})
     mixup: float = field(default=0.8, metadata={"help": "MixUp alpha (0 disables)."})
     cutmix: float = field(default=1.0, metadata={"help": "CutMix alpha (0 disables)."})
