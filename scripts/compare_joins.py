@@ -21,10 +21,16 @@ import sys
 
 from transformers import HfArgumentParser
 
-from lape_hf.cli import script
-from lape_hf.training import DEMO_ARGS
+from lape_hf.cli import UserError, script
+from lape_hf.training import ARGUMENT_CLASSES, DEMO_ARGS
 from lape_hf.training.argument_files import arguments_from_file
-from lape_hf.training.experiments import CompareArguments, compare_joins, format_comparison_table, summary_paths
+from lape_hf.training.experiments import (
+    CompareArguments,
+    compare_joins,
+    format_comparison_table,
+    plan_runs,
+    summary_paths,
+)
 from lape_hf.training.paired_comparison import MCNEMAR_TITLE, format_paired_table
 
 
@@ -40,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         recipe = [] if compare.recipe == "train" else arguments_from_file(compare.recipe)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logging.getLogger("lape_hf").setLevel(logging.INFO)
+    if any(argument.split("=", 1)[0] in ("--output_dir", "--output-dir") for argument in train_argv):
+        raise UserError(
+            "--output_dir is set for each run (<output_root>/<pe type>-<join>/seed-<seed>); give --output_root."
+        )
+    # The training arguments are parsed here once, as each run will parse them: a bad or unknown one is a user error
+    # before any run starts, not a failure inside every run.
+    first_run_argv = plan_runs(compare, [*recipe, *train_argv])[0][-1]
+    HfArgumentParser(ARGUMENT_CLASSES).parse_args_into_dataclasses(args=first_run_argv)
     summary = compare_joins(compare, [*recipe, *train_argv])
     print(format_comparison_table(summary))
     paired = format_paired_table(summary)

@@ -337,3 +337,25 @@ def test_ctrl_c_during_training_exits_130_and_leaves_the_last_complete_checkpoin
     checkpoints = sorted(output.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     assert checkpoints and all((path / "trainer_state.json").is_file() for path in checkpoints)
     assert not (output / "config.json").exists(), "no final model after Ctrl-C"
+
+
+@pytest.mark.parametrize(
+    "argv,fragment",
+    [
+        (["--frobnicate=1"], "Some specified arguments are not used by the HfArgumentParser: ['--frobnicate=1']"),
+        (["--output_dir=/somewhere"], "--output_dir is set for each run"),
+    ],
+)
+def test_compare_joins_refuses_bad_training_arguments_before_any_run(argv, fragment, tmp_path, capsys, monkeypatch):
+    script = load_script("compare_joins")
+    monkeypatch.setattr(script, "compare_joins", lambda *_: pytest.fail("a run started"))
+    status, error = run_main("compare_joins", [f"--output_root={tmp_path}", *argv], capsys)
+    assert_one_line_error(status, error, fragment)
+
+
+def test_benchmark_checks_its_output_file_before_measuring(tmp_path, capsys, monkeypatch):
+    script = load_script("benchmark")
+    monkeypatch.setattr(script, "run_benchmark", lambda **_: pytest.fail("the benchmark ran before the check"))
+    blocker = image(tmp_path / "a-file.png")
+    status, error = run_main("benchmark", ["--output_file", blocker / "out.json"], capsys)
+    assert_one_line_error(status, error, "cannot write to the output directory")
