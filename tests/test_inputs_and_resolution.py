@@ -26,11 +26,22 @@ def model_with(**overrides) -> LapeViTForImageClassification:
         (torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8), "floating point tensor, got dtype torch.uint8"),
         (torch.ones(2, 3, 32, 32, dtype=torch.int64), "got dtype torch.int64"),
         (None, "pixel_values is required"),
+        (torch.randn(0, 3, 32, 32), r"no image \(batch size 0\)"),
     ],
 )
 def test_bad_input_gets_a_clear_value_error(pixel_values, message):
     with pytest.raises(ValueError, match=message):
         model_with()(pixel_values)
+
+
+@pytest.mark.parametrize("bad_class", [-1, 5])
+def test_a_label_outside_the_classes_is_named_with_the_allowed_range(bad_class):
+    model = model_with()
+    assert model.config.num_labels == 5
+    labels = torch.tensor([0, bad_class])
+    with pytest.raises(ValueError, match=rf"labels holds class {bad_class}; allowed: 0\.\.4"):
+        model(torch.randn(2, 3, 32, 32), labels=labels)
+    assert model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 4])).loss.isfinite()
 
 
 def test_too_small_input_is_refused_even_with_interpolation():

@@ -624,6 +624,8 @@ class LapeViTPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"pixel_values must be 4-D (batch, channels, height, width), got shape {tuple(pixel_values.shape)}."
             )
+        if pixel_values.shape[0] == 0:
+            raise ValueError("pixel_values holds no image (batch size 0); pass at least one.")
         if not pixel_values.is_floating_point():
             raise ValueError(
                 f"pixel_values must be a floating point tensor, got dtype {pixel_values.dtype}; "
@@ -645,6 +647,18 @@ class LapeViTPreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"Input image size ({height}x{width}) is too small: the tokenizer makes a {rows}x{columns} grid."
             )
+
+    def _check_class_labels(self, labels: torch.Tensor) -> None:
+        """Class indices outside 0..num_labels-1 fail with the value, not as an IndexError inside the loss. Checked
+        for CPU tensors only: on an accelerator the check would wait for the device at every step."""
+        if labels.device.type != "cpu" or labels.is_floating_point() or labels.numel() == 0:
+            return
+        if self.config.problem_type not in (None, "single_label_classification") or self.config.num_labels <= 1:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.config.num_labels:
+            bad = low if low < 0 else high
+            raise ValueError(f"labels holds class {bad}; allowed: 0..{self.config.num_labels - 1} (num_labels).")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`; `auto_map` also names the other classes of this file registered for remote
@@ -779,6 +793,7 @@ class LapeViTForImageClassification(LapeViTPreTrainedModel):
         logits = self.classifier(outputs.pooler_output)
         loss = None
         if labels is not None:
+            self._check_class_labels(labels)
             loss = self.loss_function(labels, logits, self.config, **kwargs)
         return LapeViTImageClassifierOutput(
             loss=loss,
@@ -830,6 +845,8 @@ class LapeViTForImageClassificationWithTeacher(LapeViTPreTrainedModel):
         loss = None
         if labels is not None:
             teacher_labels = labels if distillation_labels is None else distillation_labels
+            self._check_class_labels(labels)
+            self._check_class_labels(teacher_labels)
             loss = (
                 self.loss_function(labels, cls_logits, self.config, **kwargs)
                 + self.loss_function(teacher_labels, distillation_logits, self.config, **kwargs)
