@@ -205,13 +205,35 @@ def convert_checkpoint(
         init_lape_join: `"lape"`/`"lape_shared"` to save, instead of the converted add-join model, a LaPE model
             initialized from it for fine-tuning (`init_lape_from_add`).
     """
+    overrides = dict(overrides or {})
+    _check_options(source, pe_join, position_embedding_type, preset, overrides, init_lape_join)
+    output = Path(output)
+    _refuse_existing(output)
+    model, processing = _convert_source(source, checkpoint, pe_join, position_embedding_type, preset, overrides)
+    if init_lape_join is not None:
+        model = init_lape_from_add(model, init_lape_join)
+    if image_mean is not None:
+        processing["image_mean"] = list(image_mean)
+    if image_std is not None:
+        processing["image_std"] = list(image_std)
+    return save_converted_model(model, output, **processing)
+
+
+def _check_options(
+    source: str,
+    pe_join: str | None,
+    position_embedding_type: str | None,
+    preset: str | None,
+    overrides: Mapping[str, Any],
+    init_lape_join: str | None,
+) -> None:
+    """Refuse a bad option, or one the source does not take, before anything is read or written."""
     if source not in SOURCES:
         raise CheckpointConversionError(f"source={source!r} is not supported; allowed: {', '.join(SOURCES)}.")
     if init_lape_join is not None and init_lape_join not in LAPE_JOINS:
         raise CheckpointConversionError(
             f"init_lape_join={init_lape_join!r} is not a LaPE join; allowed: {', '.join(LAPE_JOINS)}."
         )
-    overrides = dict(overrides or {})
     check_preset_name(preset)
     check_override_names(overrides)
     check_choice("pe_join", pe_join, PE_JOINS)
@@ -225,36 +247,31 @@ def convert_checkpoint(
         raise CheckpointConversionError(
             "transformers ViT/DeiT models carry their full config: position_embedding_type and preset do not apply."
         )
-    output = Path(output)
-    _refuse_existing(output)
 
-    processing: dict[str, Any] = {}
+
+def _convert_source(
+    source: str,
+    checkpoint: str | Path,
+    pe_join: str | None,
+    position_embedding_type: str | None,
+    preset: str | None,
+    overrides: Mapping[str, Any],
+) -> tuple[LapeViTPreTrainedModel, dict[str, Any]]:
+    """The converted model, and the image-processing settings the source carries (only transformers models do)."""
     if source == "transformers":
         model = convert_transformers_model(load_transformers_classifier(checkpoint), **overrides)
-        processing = _source_image_processing(checkpoint)
+        return model, _source_image_processing(checkpoint)
+    state_dict, loaded = load_state_dict_file(checkpoint)
+    if source == "official":
+        hints = official_training_hints(loaded)
+        model = convert_official_state_dict(
+            state_dict,
+            pe_join=pe_join or hints.get("pe_join"),
+            position_embedding_type=position_embedding_type or hints.get("position_embedding_type"),
+            preset=preset,
+            **overrides,
+        )
     else:
-        state_dict, loaded = load_state_dict_file(checkpoint)
-        if source == "official":
-            hints = official_training_hints(loaded)
-            model = convert_official_state_dict(
-                state_dict,
-                pe_join=pe_join or hints.get("pe_join"),
-                position_embedding_type=position_embedding_type or hints.get("position_embedding_type"),
-                preset=preset,
-                **overrides,
-            )
-        elif source == "timm":
-            model = convert_timm_state_dict(
-                state_dict, position_embedding_type=position_embedding_type, preset=preset, **overrides
-            )
-        else:
-            model = convert_cct_state_dict(
-                state_dict, position_embedding_type=position_embedding_type, preset=preset, **overrides
-            )
-    if init_lape_join is not None:
-        model = init_lape_from_add(model, init_lape_join)
-    if image_mean is not None:
-        processing["image_mean"] = list(image_mean)
-    if image_std is not None:
-        processing["image_std"] = list(image_std)
-    return save_converted_model(model, output, **processing)
+        convert = convert_timm_state_dict if source == "timm" else convert_cct_state_dict
+        model = convert(state_dict, position_embedding_type=position_embedding_type, preset=preset, **overrides)
+    return model, {}
