@@ -32,6 +32,7 @@ DIGITS_TEST_SIZE = 360  # 20% of the 1797 images, stratified by class
 DIGITS_SPLIT_SEED = 0  # fixed: the split is part of the benchmark, not of a training run
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "pixel_values")
 LABEL_COLUMN_CANDIDATES = ("label", "labels", "fine_label", "class")
+EVAL_SPLIT_CANDIDATES = ("validation", "test", "valid", "val")  # the eval split when none is named, first found
 
 
 @dataclass
@@ -325,7 +326,7 @@ def resolve_splits(
     if train_split not in raw:
         raise ValueError(f"train_split={train_split!r} is not in the dataset; its splits are {list(raw)}.")
     if eval_split is None:
-        eval_split = next((name for name in ("validation", "test", "valid", "val") if name in raw), None)
+        eval_split = next((name for name in EVAL_SPLIT_CANDIDATES if name in raw), None)
     if eval_split is not None:
         if eval_split not in raw:
             raise ValueError(f"eval_split={eval_split!r} is not in the dataset; its splits are {list(raw)}.")
@@ -377,42 +378,59 @@ def prepare_splits(
     train, evaluation, train_split_name, eval_split_name = resolve_splits(
         raw, train_split, eval_split, train_val_split, seed
     )
-    image_column = _pick_column(train, image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
-    label_column = _pick_column(train, label_column_name, LABEL_COLUMN_CANDIDATES, "label")
-    missing = [column for column in (image_column, label_column) if column not in evaluation.column_names]
-    if missing:
-        raise ValueError(
-            f"Split {eval_split_name!r} has no column(s) {missing}; its columns are {evaluation.column_names}."
-        )
-    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name}={value!r} must be at least 1 (or not given, for the whole split).")
-    if max_train_samples is not None:
-        train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
-    if max_eval_samples is not None:
-        evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
+    image_column, label_column = _split_columns(
+        train, evaluation, eval_split_name, image_column_name, label_column_name
+    )
+    train = _subset(train, "max_train_samples", max_train_samples, seed)
+    evaluation = _subset(evaluation, "max_eval_samples", max_eval_samples, seed)
     # The label set of the whole train split, as `label_names_of` gave it to the model (a subset or a held-out
     # fraction may lack a class).
     label_feature = label_feature_of(raw[train_split], label_column)
     train = encode_labels(train, label_column, label_feature, train_split_name)
     evaluation = encode_labels(evaluation, label_column, label_feature, eval_split_name)
     data_mode = _resolve_data_mode(data_mode, train, evaluation, image_column, image_processor)
+    raw_eval = _standard_columns(evaluation, image_column, label_column)
+    train, evaluation = _training_datasets(
+        data_mode,
+        ((train, train_split_name), (evaluation, eval_split_name)),
+        image_processor,
+        image_column,
+        label_column,
+        label_feature,
+        skip_corrupt_images,
+        preprocessing_num_workers,
+    )
+    return ImageClassificationSplits(
+        train=train,
+        eval=evaluation,
+        label_names=list(label_feature.names),
+        dataset_name=dataset_name,
+        train_split=train_split_name,
+        eval_split=eval_split_name,
+        raw_eval=raw_eval,
+        data_mode=data_mode,
+        eval_geometry=eval_geometry(image_processor),
+    )
+
+
+def _training_datasets(
+    data_mode: str,
+    named_splits: tuple[tuple[Dataset, str], tuple[Dataset, str]],
+    image_processor: BaseImageProcessor,
+    image_column: str,
+    label_column: str,
+    label_feature: ClassLabel,
+    skip_corrupt_images: bool,
+    num_proc: int | None,
+) -> tuple[Dataset, Dataset]:
+    """The train and eval datasets the trainer reads: prepared at the processor's resolution, or for "on_the_fly"
+    the encoded images in standard columns (their labels checked here, as `prepare_split` checks them)."""
     if data_mode == "on_the_fly":
-        for split, split_name in ((train, train_split_name), (evaluation, eval_split_name)):
+        for split, split_name in named_splits:
             check_labels(split[label_column], label_feature, split_name)
-        encoded = [_standard_columns(split, image_column, label_column) for split in (train, evaluation)]
-        return ImageClassificationSplits(
-            train=encoded[0],
-            eval=encoded[1],
-            label_names=list(label_feature.names),
-            dataset_name=dataset_name,
-            train_split=train_split_name,
-            eval_split=eval_split_name,
-            raw_eval=encoded[1],
-            data_mode=data_mode,
-            eval_geometry=eval_geometry(image_processor),
-        )
-    prepared = [
+        train, evaluation = (_standard_columns(split, image_column, label_column) for split, _ in named_splits)
+        return train, evaluation
+    train, evaluation = (
         prepare_split(
             split,
             image_processor,
@@ -421,21 +439,38 @@ def prepare_splits(
             label_column,
             label_feature,
             skip_corrupt_images=skip_corrupt_images,
-            num_proc=preprocessing_num_workers,
+            num_proc=num_proc,
         )
-        for split, split_name in ((train, train_split_name), (evaluation, eval_split_name))
-    ]
-    return ImageClassificationSplits(
-        train=prepared[0],
-        eval=prepared[1],
-        label_names=list(label_feature.names),
-        dataset_name=dataset_name,
-        train_split=train_split_name,
-        eval_split=eval_split_name,
-        raw_eval=_standard_columns(evaluation, image_column, label_column),
-        data_mode=data_mode,
-        eval_geometry=eval_geometry(image_processor),
+        for split, split_name in named_splits
     )
+    return train, evaluation
+
+
+def _split_columns(
+    train: Dataset,
+    evaluation: Dataset,
+    eval_split_name: str,
+    image_column_name: str | None,
+    label_column_name: str | None,
+) -> tuple[str, str]:
+    """The image and label columns, picked in the train split; the eval split must have them too."""
+    image_column = _pick_column(train, image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
+    label_column = _pick_column(train, label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    missing = [column for column in (image_column, label_column) if column not in evaluation.column_names]
+    if missing:
+        raise ValueError(
+            f"Split {eval_split_name!r} has no column(s) {missing}; its columns are {evaluation.column_names}."
+        )
+    return image_column, label_column
+
+
+def _subset(split: Dataset, option: str, max_samples: int | None, seed: int) -> Dataset:
+    """A seeded random `max_samples` rows of `split` (all of it when it is smaller or `max_samples` is None)."""
+    if max_samples is None:
+        return split
+    if max_samples < 1:
+        raise ValueError(f"{option}={max_samples!r} must be at least 1 (or not given, for the whole split).")
+    return split.shuffle(seed=seed).select(range(min(max_samples, len(split))))
 
 
 def _resolve_data_mode(
