@@ -277,6 +277,18 @@ class _PreparedRun:
     skip_corrupt_images: bool = False
 
 
+def dataset_source(model_args: ModelArguments, data_args: DataArguments) -> dict[str, str | None]:
+    """Where the data comes from, as `load_raw_splits` and `streaming.load_streaming_splits` both take it."""
+    return {
+        "dataset_name": data_args.dataset_name,
+        "dataset_config_name": data_args.dataset_config_name,
+        "train_dir": data_args.train_dir,
+        "validation_dir": data_args.validation_dir,
+        "cache_dir": model_args.cache_dir,
+        "data_dir": data_args.data_dir,
+    }
+
+
 def prepare_run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -290,14 +302,7 @@ def prepare_run(
 
         return prepare_streaming_run(model_args, data_args, augmentation, training_args)
     with training_args.main_process_first(desc="dataset preparation"):
-        raw, dataset_name = load_raw_splits(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            data_args.train_dir,
-            data_args.validation_dir,
-            model_args.cache_dir,
-            data_args.data_dir,
-        )
+        raw, dataset_name = load_raw_splits(**dataset_source(model_args, data_args))
         # The label set is needed before the model, the model's resolution before the images are prepared.
         label_names = label_names_of(raw, data_args.train_split, data_args.label_column_name)
         model, image_processor = build_model_and_processor(model_args, label_names)

@@ -26,6 +26,7 @@ from transformers import BaseImageProcessor
 from ..models.lape_vit.image_processing_lape_vit import eval_geometry
 from .data import (
     DIGITS_DATASET_NAME,
+    EVAL_SPLIT_CANDIDATES,
     IMAGE_COLUMN_CANDIDATES,
     LABEL_COLUMN_CANDIDATES,
     ImageClassificationSplits,
@@ -123,6 +124,18 @@ def _where(cell: Any, index: int) -> str:
     return f"{path!r} (stream position {index})" if path else f"stream position {index}"
 
 
+def _decoded(stream: IterableDataset, **decode_arguments: Any) -> IterableDataset:
+    """`stream` mapped through `_decode_batch` (`decode_arguments`), `MAP_BATCH_SIZE` examples at a time."""
+    return stream.map(
+        _decode_batch,
+        batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        with_indices=True,
+        remove_columns=["image", "label"],
+        fn_kwargs=decode_arguments,
+    )
+
+
 def build_streaming_datasets(
     data: ImageClassificationSplits, image_processor: BaseImageProcessor, augmentation, seed: int, skip: bool
 ) -> tuple[IterableDataset, IterableDataset]:
@@ -132,29 +145,26 @@ def build_streaming_datasets(
     transform = build_train_transform(
         augmentation, image_processor, bool(augmentation.horizontal_flip), from_original=True
     )
-    train_errors, eval_errors = DecodeErrors(skip, data.train_split), DecodeErrors(skip, data.eval_split)
-    train = data.train.shuffle(seed=seed, buffer_size=data.shuffle_buffer_size).map(
-        _decode_batch,
-        batched=True,
-        batch_size=MAP_BATCH_SIZE,
-        with_indices=True,
-        remove_columns=["image", "label"],
-        fn_kwargs=dict(image_processor=image_processor, transform=transform, seed=seed, errors=train_errors),
+    train = _decoded(
+        data.train.shuffle(seed=seed, buffer_size=data.shuffle_buffer_size),
+        image_processor=image_processor,
+        transform=transform,
+        seed=seed,
+        errors=DecodeErrors(skip, data.train_split),
     )
-    evaluation = data.eval.map(
-        _decode_batch,
-        batched=True,
-        batch_size=MAP_BATCH_SIZE,
-        with_indices=True,
-        remove_columns=["image", "label"],
-        fn_kwargs=dict(image_processor=image_processor, transform=None, seed=None, errors=eval_errors),
+    evaluation = _decoded(
+        data.eval,
+        image_processor=image_processor,
+        transform=None,
+        seed=None,
+        errors=DecodeErrors(skip, data.eval_split),
     )
     return train, evaluation
 
 
 def prepare_streaming_run(model_args, data_args, augmentation, training_args):
     """`run.prepare_run` for `--data_mode streaming`: the streams, the label set from their features, the model."""
-    from .run import _PreparedRun, build_model_and_processor, with_eval_geometry
+    from .run import _PreparedRun, build_model_and_processor, dataset_source, with_eval_geometry
 
     if training_args.max_steps is None or training_args.max_steps <= 0:
         raise ValueError(
@@ -162,40 +172,9 @@ def prepare_streaming_run(model_args, data_args, augmentation, training_args):
             f"(got max_steps={training_args.max_steps!r})."
         )
     start = time.perf_counter()
-    streams, dataset_name = load_streaming_splits(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        data_args.train_dir,
-        data_args.validation_dir,
-        model_args.cache_dir,
-        data_args.data_dir,
-    )
-    train_name = data_args.train_split
-    if train_name not in streams:
-        raise ValueError(f"train_split={train_name!r} is not in the stream; its splits are {list(streams)}.")
-    eval_name = data_args.eval_split or next((n for n in ("validation", "test", "valid", "val") if n in streams), None)
-    if eval_name is None or eval_name not in streams:
-        raise ValueError(
-            f"Streaming needs an eval split (a stream cannot be split by holding out a fraction); the splits are "
-            f"{list(streams)} (eval_split={data_args.eval_split!r})."
-        )
-    train, evaluation = streams[train_name], streams[eval_name]
-    image_column = _column(train.features, data_args.image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
-    label_column = _column(train.features, data_args.label_column_name, LABEL_COLUMN_CANDIDATES, "label")
-    label_feature = stream_label_feature(train, label_column)
-    standard = {image_column: "image", label_column: "label"}
-
-    def standardize(split: IterableDataset) -> IterableDataset:
-        split = split.select_columns([image_column, label_column])
-        renames = {old: new for old, new in standard.items() if old != new}
-        split = split.rename_columns(renames) if renames else split
-        return split.cast_column("image", datasets.Image(decode=False))
-
-    train, evaluation = standardize(train), standardize(evaluation)
-    if data_args.max_train_samples is not None:
-        train = train.take(data_args.max_train_samples)
-    if data_args.max_eval_samples is not None:
-        evaluation = evaluation.take(data_args.max_eval_samples)
+    streams, dataset_name = load_streaming_splits(**dataset_source(model_args, data_args))
+    train_name, eval_name = _stream_split_names(streams, data_args.train_split, data_args.eval_split)
+    train, evaluation, label_feature = _standard_streams(streams[train_name], streams[eval_name], data_args)
     model, image_processor = build_model_and_processor(model_args, list(label_feature.names))
     image_processor = with_eval_geometry(image_processor, model.config, data_args)
     # Each process reads its own shards of the stream (accelerate's default for an iterable is that process 0 reads
@@ -218,6 +197,43 @@ def prepare_streaming_run(model_args, data_args, augmentation, training_args):
     return _PreparedRun(
         model, image_processor, data, augmentation, time.perf_counter() - start, data_args.skip_corrupt_images
     )
+
+
+def _stream_split_names(
+    streams: datasets.IterableDatasetDict, train_split: str, eval_split: str | None
+) -> tuple[str, str]:
+    """The train and eval split names; a stream has no held-out fraction, so it needs an eval split of its own."""
+    if train_split not in streams:
+        raise ValueError(f"train_split={train_split!r} is not in the stream; its splits are {list(streams)}.")
+    eval_name = eval_split or next((name for name in EVAL_SPLIT_CANDIDATES if name in streams), None)
+    if eval_name is None or eval_name not in streams:
+        raise ValueError(
+            f"Streaming needs an eval split (a stream cannot be split by holding out a fraction); the splits are "
+            f"{list(streams)} (eval_split={eval_split!r})."
+        )
+    return train_split, eval_name
+
+
+def _standard_streams(
+    train: IterableDataset, evaluation: IterableDataset, data_args
+) -> tuple[IterableDataset, IterableDataset, ClassLabel]:
+    """Both streams as "image" (still encoded) and "label" columns, cut to `--max_*_samples`; the label set."""
+    image_column = _column(train.features, data_args.image_column_name, IMAGE_COLUMN_CANDIDATES, "image")
+    label_column = _column(train.features, data_args.label_column_name, LABEL_COLUMN_CANDIDATES, "label")
+    label_feature = stream_label_feature(train, label_column)
+    renames = {old: new for old, new in ((image_column, "image"), (label_column, "label")) if old != new}
+
+    def standardize(split: IterableDataset) -> IterableDataset:
+        split = split.select_columns([image_column, label_column])
+        split = split.rename_columns(renames) if renames else split
+        return split.cast_column("image", datasets.Image(decode=False))
+
+    train, evaluation = standardize(train), standardize(evaluation)
+    if data_args.max_train_samples is not None:
+        train = train.take(data_args.max_train_samples)
+    if data_args.max_eval_samples is not None:
+        evaluation = evaluation.take(data_args.max_eval_samples)
+    return train, evaluation, label_feature
 
 
 @dataclasses.dataclass
