@@ -26,7 +26,7 @@ from transformers import BaseImageProcessor
 
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
 from ..models.lape_vit.image_processing_lape_vit import output_size
-from .transforms import batch_seed
+from .transforms import batch_seed, transform_seeded
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +198,7 @@ class OnTheFlyDataset(torch.utils.data.Dataset):
             pixels = list(processor_pixels(images, self.image_processor)) if images else []
             return [{"pixel_values": image, "labels": label} for image, label in zip(pixels, labels, strict=True)]
         seed = batch_seed(self.seed, self.epoch, indices)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pixels = [self.transform(image) for image in images]
+        pixels = transform_seeded(self.transform, images, seed)
         return [
             {"pixel_values": image, "labels": label, "augmentation_seed": seed}
             for image, label in zip(pixels, labels, strict=True)

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 import datasets
-import torch
 from datasets import ClassLabel, IterableDataset, load_dataset
 from transformers import BaseImageProcessor
 
@@ -34,7 +33,7 @@ from .data import (
 )
 from .data_modes import DecodeErrors, decode_batch, processor_pixels
 from .fashion_mnist import FASHION_MNIST_DATASET_NAME
-from .transforms import batch_seed, build_train_transform
+from .transforms import batch_seed, build_train_transform, transform_seeded
 
 STREAM_SHARDS = 16  # built-in datasets as iterables: divisible among 1, 2, 4, 8 or 16 processes
 MAP_BATCH_SIZE = 32  # examples decoded and augmented together (one seed each batch)
@@ -113,9 +112,7 @@ def _decode_batch(
         pixels = list(processor_pixels(images, image_processor)) if images else []
         return {"pixel_values": pixels, "labels": labels}
     batch_key = batch_seed(seed, 0, indices)  # positions in this reader's stream (the shuffle reseeds each pass)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(batch_key)
-        pixels = [transform(image) for image in images]
+    pixels = transform_seeded(transform, images, batch_key)
     return {"pixel_values": pixels, "labels": labels, "augmentation_seed": [batch_key] * len(pixels)}
 
 

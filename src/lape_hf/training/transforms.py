@@ -121,6 +121,14 @@ def batch_seed(seed: int, epoch: int, indices: Sequence[int]) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def transform_seeded(transform: Callable, images: Sequence, seed: int) -> list:
+    """`transform` of each image, its random draws from torch's RNG seeded with `seed` inside `fork_rng` (the global
+    RNG that dropout and drop-path use is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [transform(image) for image in images]
+
+
 class ImageClassificationDataset(torch.utils.data.Dataset):
     """A prepared split (`lape_hf.training.data.prepare_split`) with its per-sample uint8 transform, if any.
 
@@ -171,9 +179,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             return [{"pixel_values": image, "labels": label} for image, label in zip(images, labels, strict=True)]
         seed = batch_seed(self.seed, self.epoch, indices)
         if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                images = [self.transform(image) for image in images]
+            images = transform_seeded(self.transform, images, seed)
         return [
             {"pixel_values": image, "labels": label, "augmentation_seed": seed}
             for image, label in zip(images, labels, strict=True)
