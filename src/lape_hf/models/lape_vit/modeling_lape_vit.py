@@ -650,8 +650,11 @@ class LapeViTPreTrainedModel(PreTrainedModel):
 
     def _check_class_labels(self, labels: torch.Tensor) -> None:
         """Class indices outside 0..num_labels-1 fail with the value, not as an IndexError inside the loss. Checked
-        for CPU tensors only: on an accelerator the check would wait for the device at every step."""
-        if labels.device.type != "cpu" or labels.is_floating_point() or labels.numel() == 0:
+        for CPU tensors only (on an accelerator the check would wait for the device at every step), and not while
+        torch.compile traces (a value-dependent branch would break the graph)."""
+        if torch.compiler.is_compiling() or labels.device.type != "cpu" or labels.is_floating_point():
+            return
+        if labels.numel() == 0:
             return
         if self.config.problem_type not in (None, "single_label_classification") or self.config.num_labels <= 1:
             return
