@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_files import atomic_write
 from .results import PREDICTIONS_FILE
 
 
@@ -39,9 +40,8 @@ class EvalPredictions:
     def write(self, directory: str | os.PathLike) -> Path:
         """Write `directory/predictions.json` whole: to a temporary file first, then moved into place."""
         path = Path(directory) / PREDICTIONS_FILE
-        temporary = path.with_name(f".{PREDICTIONS_FILE}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(asdict(self)), encoding="utf-8")
-        os.replace(temporary, path)
+        with atomic_write(path) as file:
+            json.dump(asdict(self), file)
         return path
 
     @classmethod

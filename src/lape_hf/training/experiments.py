@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import atomic_write
 from ..models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES
 from .argument_files import is_argument_file
 from .paired_comparison import paired_tests_vs_add, sign_test_cell
@@ -152,7 +153,7 @@ def compare_joins(compare: CompareArguments, base_argv: Sequence[str]) -> dict[s
     summary = summarize(compare, results)
     os.makedirs(compare.output_root, exist_ok=True)
     json_path, plot_path = summary_paths(compare)
-    with open(json_path, "w") as file:
+    with atomic_write(json_path) as file:
         json.dump(summary, file, indent=2)
     plot_summary(summary, plot_path)
     return summary
@@ -272,5 +273,6 @@ def plot_summary(summary: dict[str, Any], path: str | os.PathLike) -> None:
     low = min(min(row["accuracies"]) for row in rows) * 100
     high = max(max(row["accuracies"]) for row in rows) * 100
     axis.set_ylim(math.floor(low - 0.5), min(100.5, math.ceil(high + 0.5)))
-    figure.savefig(path, dpi=150)
+    with atomic_write(path, "wb") as file:
+        figure.savefig(file, dpi=150, format=Path(path).suffix[1:])
     plt.close(figure)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..atomic_files import atomic_write
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -142,9 +143,8 @@ class RunResults:
     def write(self, directory: str | os.PathLike) -> Path:
         """Write `directory/results.json` whole: to a temporary file first, then moved into place."""
         path = Path(directory) / RESULTS_FILE
-        temporary = path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        os.replace(temporary, path)
+        with atomic_write(path) as file:
+            json.dump(self.to_dict(), file, indent=2)
         return path
 
     @classmethod
