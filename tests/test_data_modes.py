@@ -229,6 +229,20 @@ def test_streaming_without_max_steps_is_refused_before_anything_is_written(patte
     assert not (tmp_path / "out").exists()
 
 
+def test_streaming_with_classify_examples_is_refused_before_training(pattern_folders, tmp_path):
+    train_dir, val_dir = pattern_folders
+    with pytest.raises(ValueError, match=r"classify_examples=2 needs an eval split it can index"):
+        train(
+            f"--train_dir={train_dir}",
+            f"--validation_dir={val_dir}",
+            "--data_mode=streaming",
+            "--max_steps=2",
+            "--classify_examples=2",
+            f"--output_dir={tmp_path / 'out'}",
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run(pattern_folders, tmp_path):
     """Streaming: stop after 3 of 8 steps, resume from that checkpoint: the same weights and metrics (the Trainer
     reads the stream past the 3 trained batches, with the same shuffle seed, and trains on the same next ones)."""

@@ -455,6 +455,11 @@ def run_training(
     """Train, evaluate and save (model, image processor, custom code, `results.json`); returns the results record
     as written (`RunResults.to_dict()`)."""
     run_args = run_args or RunArguments()
+    if data_args.data_mode == "streaming" and run_args.classify_examples > 0:
+        raise ValueError(
+            f"classify_examples={run_args.classify_examples} needs an eval split it can index; with "
+            "data_mode='streaming' the eval split is a stream: drop --classify_examples or use on_the_fly."
+        )
     check_output_dir(training_args.output_dir, training_args.overwrite_output_dir, _demo_output_dir(run_args))
     checkpoint = _resolve_checkpoint(training_args)
     if run_args.torch_num_threads is not None:
