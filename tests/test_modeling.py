@@ -269,6 +269,13 @@ def test_eager_and_sdpa_agree(overrides):
         torch.testing.assert_close(eager(pixel_values).logits, sdpa(pixel_values).logits, atol=1e-5, rtol=0)
 
 
+def test_relative_position_bias_refuses_flex_attention_which_would_give_every_head_head_0s_bias():
+    model = random_model(relative_position_bias="lape", pooler_type="sequence")
+    model.config._attn_implementation = "flex_attention"  # the check reads the name; no flex kernel runs
+    with pytest.raises(ValueError, match=r"needs an attention implementation.*got 'flex_attention'"):
+        model(torch.randn(1, 3, 32, 32))
+
+
 def test_hidden_states_and_attentions_are_returned():
     model = random_model()
     model.set_attn_implementation("eager")

@@ -422,7 +422,8 @@ class LapeViTAttention(nn.Module):
         # The relative position bias reaches both eager and sdpa as an additive float attention mask.
         attention_mask = None
         if self.relative_position_bias is not None:
-            if self.config._attn_implementation.startswith("flash"):
+            # flash takes no additive bias; flex would apply head 0's bias to every head: only these two are exact.
+            if self.config._attn_implementation not in ("eager", "sdpa"):
                 raise ValueError(
                     f"relative_position_bias={self.config.relative_position_bias!r} needs an attention implementation "
                     f"that takes an additive bias ('eager' or 'sdpa'), got {self.config._attn_implementation!r}."
