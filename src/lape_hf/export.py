@@ -135,17 +135,26 @@ def export_model(
         raise ValueError(f"export format {export_format!r} is not known; allowed: {', '.join(EXPORT_FORMATS)}.")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{str(output)!r} already exists; pass overwrite (--overwrite) to replace it.")
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{str(output)!r} is a file; the export writes a directory there.")
     model, processor = load_for_export(model_name_or_path)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.exporting-", dir=output.parent))
+    previous = None
     try:
         write_graph(model, export_format, staging)
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
-        if output.exists():
-            shutil.rmtree(output)
+        # The old export is moved aside, not deleted, until the new one is in place.
+        previous = output.with_name(staging.name + ".previous") if output.exists() else None
+        if previous is not None:
+            os.rename(output, previous)
         os.rename(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if previous is not None and previous.exists() and not output.exists():
+            os.rename(previous, output)
         raise
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     return output
