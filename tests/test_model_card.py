@@ -96,6 +96,17 @@ def test_the_body_shows_the_results_and_the_recipe_of_the_run(tmp_path: Path):
     assert "Maximum steps" not in text  # -1: not set
 
 
+@pytest.mark.parametrize(
+    ("geometry", "line"), [("resize", "without keeping the aspect ratio"), ("center_crop", "centre-cropped")]
+)
+def test_the_limitations_describe_the_saved_eval_geometry(tmp_path: Path, geometry: str, line: str):
+    results = tiny_results()
+    results["dataset"]["eval_geometry"] = geometry
+    text = render(tmp_path, results).card.text
+    other = {"resize": "centre-cropped", "center_crop": "without keeping the aspect ratio"}[geometry]
+    assert line in text and other not in text
+
+
 def test_a_run_stopped_by_max_steps_shows_the_epochs_it_ran(tmp_path: Path):
     results = tiny_results()
     results["training"]["max_steps"] = 5

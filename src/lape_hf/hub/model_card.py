@@ -318,6 +318,7 @@ def render_model_card(
         "has_results": results is not None,
         "metric_rows": metric_rows(results) if results else [],
         "eval_split": results["dataset"].get("eval_split") if results else None,
+        "eval_geometry": results["dataset"].get("eval_geometry") if results else None,
         "training_rows": _training_rows(results) if results else [],
         "citation": CITATION_BIBTEX,
         "onnx_file": onnx_file,
