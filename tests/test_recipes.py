@@ -72,6 +72,15 @@ def test_a_paper_recipe_states_the_papers_numbers_and_its_cost(recipe):
 
 
 @pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda path: path.name)
+def test_the_results_page_quotes_the_same_paper_numbers_as_the_recipe(recipe):
+    """docs/results.md's table of recipes repeats the paper's numbers for readers; they must be the recipe's."""
+    add, lape = PAPER_NUMBERS[recipe.stem]
+    rows = [line for line in (ROOT / "docs" / "results.md").read_text().splitlines() if f"`{recipe.name}`" in line]
+    assert len(rows) == 1, f"docs/results.md has {len(rows)} table rows for {recipe.name}"
+    assert f"| {add} → {lape} |" in rows[0]
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda path: path.name)
 def test_a_paper_recipe_trains_lape_and_the_command_line_switches_to_add(recipe):
     model, data, augmentation, training, run = parse_recipe(recipe)
     assert model.pe_join == "lape" and model.position_embedding_type == "learnable"
