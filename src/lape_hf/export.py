@@ -95,10 +95,15 @@ def trace(model: LapeViTPreTrainedModel) -> torch.export.ExportedProgram:
         model.set_attn_implementation(implementation)
 
 
-def write_graph(model: LapeViTPreTrainedModel, export_format: str, directory: Path) -> Path:
-    """Trace `model` and write its graph into `directory` as `export_format`; returns the graph file."""
+def check_export_format(export_format: str) -> None:
+    """An unknown format fails before anything is loaded or traced, naming the allowed ones."""
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"export format {export_format!r} is not known; allowed: {', '.join(EXPORT_FORMATS)}.")
+
+
+def write_graph(model: LapeViTPreTrainedModel, export_format: str, directory: Path) -> Path:
+    """Trace `model` and write its graph into `directory` as `export_format`; returns the graph file."""
+    check_export_format(export_format)
     program = trace(model)
     path = directory / GRAPH_FILE_NAMES[export_format]
     if export_format == "torch_export":
@@ -131,8 +136,7 @@ def export_model(
     An existing `output_dir` is replaced only with `overwrite=True`; the new one appears complete or not at all.
     """
     output = Path(output_dir).absolute()
-    if export_format not in EXPORT_FORMATS:
-        raise ValueError(f"export format {export_format!r} is not known; allowed: {', '.join(EXPORT_FORMATS)}.")
+    check_export_format(export_format)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{str(output)!r} already exists; pass overwrite (--overwrite) to replace it.")
     if output.exists() and not output.is_dir():
