@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_config
 from datasets import ClassLabel, Dataset, Features, Image
 from safetensors.torch import load_file
-from test_training import pattern_image, train
+from test_training import TINY_MODEL, parse, pattern_image, train
 from torchvision.transforms import v2
 from transformers import AutoImageProcessor
 
@@ -243,9 +243,10 @@ def test_streaming_with_classify_examples_is_refused_before_training(pattern_fol
     assert not (tmp_path / "out").exists()
 
 
-def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run(pattern_folders, tmp_path):
-    """Streaming: stop after 3 of 8 steps, resume from that checkpoint: the same weights and metrics (the Trainer
-    reads the stream past the 3 trained batches, with the same shuffle seed, and trains on the same next ones)."""
+@pytest.mark.parametrize("checkpoint_step", [5, 10])
+def test_a_resumed_stream_trains_as_the_uninterrupted_run(pattern_folders, tmp_path, checkpoint_step):
+    """Streaming with 2 dataloader workers: 72 images, 8 per batch, so each worker's pass ends within step 9; resume
+    from before (5) and after (10) that boundary: the same weights and metrics as the uninterrupted 14 steps."""
     train_dir, val_dir = pattern_folders
     recipe = [
         f"--train_dir={train_dir}",
@@ -253,9 +254,10 @@ def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run(pattern_fol
         "--data_mode=streaming",
         "--shuffle_buffer_size=16",
         "--per_device_train_batch_size=8",
-        "--max_steps=8",
+        "--dataloader_num_workers=2",
+        "--max_steps=14",
         "--save_strategy=steps",
-        "--save_steps=3",
+        "--save_steps=5",
         "--save_total_limit=5",
         "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
         "intermediate_size=64,drop_path_rate=0.2,attention_probs_dropout_prob=0.1,hidden_dropout_prob=0.1",
@@ -265,13 +267,88 @@ def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run(pattern_fol
     resumed = train(
         *recipe,
         f"--output_dir={tmp_path / 'resumed'}",
-        f"--resume_from_checkpoint={tmp_path / 'uninterrupted' / 'checkpoint-3'}",
+        f"--resume_from_checkpoint={tmp_path / 'uninterrupted' / f'checkpoint-{checkpoint_step}'}",
     )
     expected = load_file(tmp_path / "uninterrupted" / "model.safetensors")
     actual = load_file(tmp_path / "resumed" / "model.safetensors")
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=0, msg=name)
     assert resumed["metrics"]["eval_loss"] == pytest.approx(uninterrupted["metrics"]["eval_loss"], abs=1e-6)
+
+
+@pytest.fixture
+def one_image_per_class(tmp_path) -> Path:
+    """48 images, each the only one of its class: a batch's labels name exactly which images it holds."""
+    root = tmp_path / "classes"
+    for index in range(48):
+        (root / f"c{index:02d}").mkdir(parents=True)
+        pattern_image(("checker", "horizontal", "vertical")[index % 3], index, size=24).save(
+            root / f"c{index:02d}" / "image.png"
+        )
+    return root
+
+
+def stream_trainer(train_dir: Path, output_dir: Path):
+    """The Trainer of a streaming run (2 dataloader workers, 4 images per batch, a checkpoint every 2 steps)."""
+    from lape_hf.training.run import build_trainer, prepare_run
+
+    model_args, data_args, augmentation, training_args, _ = parse(
+        *TINY_MODEL,
+        f"--train_dir={train_dir}",
+        f"--validation_dir={train_dir}",
+        "--data_mode=streaming",
+        "--shuffle_buffer_size=4",
+        "--per_device_train_batch_size=4",
+        "--dataloader_num_workers=2",
+        "--max_steps=40",
+        "--save_strategy=steps",
+        "--save_steps=2",
+        "--mixup=0",
+        "--cutmix=0",
+        f"--output_dir={output_dir}",
+    )
+    return build_trainer(prepare_run(model_args, data_args, augmentation, training_args), training_args)
+
+
+def batch_labels(trainer, count: int) -> list[list[int]]:
+    loader = trainer.get_train_dataloader()
+    batches = []
+    for batch in loader:
+        batches.append(batch["labels"].tolist())
+        if len(batches) == count:
+            return batches
+    raise AssertionError(f"the stream ended after {len(batches)} batches")
+
+
+def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run_in_order(one_image_per_class, tmp_path):
+    """Stop after 2 of 20 batches (a checkpoint's saved stream state), resume in a new Trainer: the next 18 batches
+    are those of the uninterrupted run, across the pass boundary (each worker's 24 images make 6 batches)."""
+    uninterrupted = batch_labels(stream_trainer(one_image_per_class, tmp_path / "a"), 20)
+    seen_per_pass = sorted(label for batch in uninterrupted[:12] for label in batch)
+    assert seen_per_pass == list(range(48))  # the first 12 batches are one pass: each image exactly once
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b")
+    assert batch_labels(stopped, 2) == uninterrupted[:2]
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c")
+    resumed._stream_resume_state = resumed._load_stream_state(str(tmp_path / "checkpoint"))
+    assert batch_labels(resumed, 18) == uninterrupted[2:]
+
+
+def test_a_resumed_stream_does_not_read_the_examples_it_already_trained_on(one_image_per_class, tmp_path):
+    """The images of the 2 batches trained before the checkpoint are made undecodable before resuming: the resumed
+    run (which stops on an undecodable image) reads on without them, as the uninterrupted run's next 4 batches."""
+    uninterrupted = batch_labels(stream_trainer(one_image_per_class, tmp_path / "a"), 6)
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b")
+    consumed = [label for batch in batch_labels(stopped, 2) for label in batch]
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    for label in consumed:
+        (one_image_per_class / f"c{label:02d}" / "image.png").write_bytes(b"consumed: unreadable now")
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c")
+    resumed._stream_resume_state = resumed._load_stream_state(str(tmp_path / "checkpoint"))
+    assert batch_labels(resumed, 4) == uninterrupted[2:]
+    fresh = stream_trainer(one_image_per_class, tmp_path / "d")
+    with pytest.raises(ValueError, match=r"c\d\d.image\.png.* cannot be decoded"):
+        batch_labels(fresh, 6)  # the same stream from its start does meet them
 
 
 def test_a_corrupt_image_mid_stream_stops_the_run_naming_it(pattern_folders, tmp_path):
@@ -304,6 +381,7 @@ def test_two_processes_see_every_example_exactly_once_per_pass(pattern_folders, 
             "--mixed_precision=no",
             "--dynamo_backend=no",
             str(root / "tests" / "two_process_pass.py"),
+            *(["--batches=9"] if mode == "streaming" else []),  # a stream has no end: its pass is 9 batches of 4
             "--config_overrides=image_size=16,patch_size=4,hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
             "intermediate_size=64",
             f"--train_dir={train_dir}",

@@ -2,12 +2,12 @@
 
 Sources: a Hub id (`load_dataset(..., streaming=True)`), local folders (`--train_dir`/`--validation_dir`: an image
 folder, or `.parquet` files, or webdataset `.tar` shards), or the built-in digits / Fashion-MNIST as an iterable of
-`STREAM_SHARDS` shards. The train stream is shuffled with a buffer (`--shuffle_buffer_size`, reseeded every pass by
-`set_epoch`) and decoded + augmented from the original image in the dataloader workers, batch by batch (`.map`), with
-the per-batch seed rule of the other paths. With N processes, accelerate gives each one its shards of the stream
-(`IterableDataset.shard`, the shard-level split of `split_dataset_by_node`; an example-level split when there are
-fewer shards than processes), so each example is read by exactly one process per pass; `dispatch_batches` is off so
-that every process reads its own part. A stream has no length: the Trainer needs `--max_steps`.
+`STREAM_SHARDS` shards. With N processes each one reads its own shards of the train stream (`split_dataset_by_node`:
+by shard, or by example when there are fewer shards than processes), so each example is read by exactly one process
+per pass; the eval stream is split the same way by accelerate (`dispatch_batches` off). The train stream
+(`ResumableStream`) is shuffled with a buffer (`--shuffle_buffer_size`, reseeded every pass), decoded and augmented
+from the original image in the dataloader workers, and resumes exactly where a checkpoint stopped. A stream has no
+length: the Trainer needs `--max_steps`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,16 @@ import dataclasses
 import glob
 import os
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import datasets
+import numpy as np
+import PIL.Image
+import torch
+from accelerate import PartialState
 from datasets import ClassLabel, IterableDataset, load_dataset
+from datasets.distributed import split_dataset_by_node
 from transformers import BaseImageProcessor
 
 from ..models.lape_vit.image_processing_lape_vit import eval_geometry
@@ -36,7 +42,7 @@ from .fashion_mnist import FASHION_MNIST_DATASET_NAME
 from .transforms import batch_seed, build_train_transform, transform_seeded
 
 STREAM_SHARDS = 16  # built-in datasets as iterables: divisible among 1, 2, 4, 8 or 16 processes
-MAP_BATCH_SIZE = 32  # examples decoded and augmented together (one seed each batch)
+MAP_BATCH_SIZE = 32  # eval examples decoded together
 
 
 def _local_builder(directory: str) -> tuple[str, str]:
@@ -95,25 +101,15 @@ def stream_label_feature(split: IterableDataset, label_column: str) -> ClassLabe
     return feature
 
 
-def _decode_batch(
-    batch: dict[str, list],
-    indices: list[int],
-    image_processor: BaseImageProcessor,
-    transform: Any,
-    seed: int | None,
-    errors: DecodeErrors,
+def _decode_eval_batch(
+    batch: dict[str, list], indices: list[int], image_processor: BaseImageProcessor, errors: DecodeErrors
 ) -> dict[str, list]:
-    """One `.map` batch: decode (the one rule; a corrupt image raises naming it, or is skipped and counted), then
-    augment from the original (training, seeded by the batch's stream positions) or the processor's geometry."""
+    """One `.map` batch of the eval stream: decode (the one rule; a corrupt image raises naming it, or is skipped and
+    counted) and the processor's geometry."""
     where = [_where(cell, index) for cell, index in zip(batch["image"], indices, strict=True)]
     images, kept = decode_batch(batch["image"], where, errors)
-    labels = [batch["label"][position] for position in kept]
-    if seed is None:
-        pixels = list(processor_pixels(images, image_processor)) if images else []
-        return {"pixel_values": pixels, "labels": labels}
-    batch_key = batch_seed(seed, 0, indices)  # positions in this reader's stream (the shuffle reseeds each pass)
-    pixels = transform_seeded(transform, images, batch_key)
-    return {"pixel_values": pixels, "labels": labels, "augmentation_seed": [batch_key] * len(pixels)}
+    pixels = list(processor_pixels(images, image_processor)) if images else []
+    return {"pixel_values": pixels, "labels": [batch["label"][position] for position in kept]}
 
 
 def _where(cell: Any, index: int) -> str:
@@ -122,9 +118,9 @@ def _where(cell: Any, index: int) -> str:
 
 
 def _decoded(stream: IterableDataset, **decode_arguments: Any) -> IterableDataset:
-    """`stream` mapped through `_decode_batch` (`decode_arguments`), `MAP_BATCH_SIZE` examples at a time."""
+    """`stream` mapped through `_decode_eval_batch` (`decode_arguments`), `MAP_BATCH_SIZE` examples at a time."""
     return stream.map(
-        _decode_batch,
+        _decode_eval_batch,
         batched=True,
         batch_size=MAP_BATCH_SIZE,
         with_indices=True,
@@ -133,29 +129,133 @@ def _decoded(stream: IterableDataset, **decode_arguments: Any) -> IterableDatase
     )
 
 
+@dataclasses.dataclass
+class _Reader:
+    """Where one reader (a dataloader worker of one process) is: its pass, its shuffle buffer of still-encoded
+    examples (each with its augmentation key), the buffer's RNG and how many examples it has read this pass."""
+
+    pass_index: int
+    buffer: list[tuple[int, dict]]  # (position in this pass, example)
+    rng: np.random.Generator
+    read: int = 0
+
+    def state_dict(self, source: IterableDataset) -> dict[str, Any]:
+        return {
+            "pass": self.pass_index,
+            "buffer": list(self.buffer),
+            "rng": self.rng.bit_generator.state,
+            "read": self.read,
+            "source": source.state_dict(),
+        }
+
+
+class ResumableStream(torch.utils.data.IterableDataset):
+    """The train stream: this process's shards of a `datasets.IterableDataset`, read pass after pass without end
+    (`--max_steps` ends training), shuffled with a buffer, then decoded and augmented example by example.
+
+    The shuffle is ours, not `IterableDataset.shuffle`, because resuming must continue exactly: `datasets` saves the
+    stream's position but drops its shuffle buffer (the examples in it at the checkpoint would never be trained on).
+    Here the state of a reader (`state_dict`: the stream's own `datasets` state, the buffer's encoded examples, the
+    RNG, the pass) is everything its next example depends on, so a resumed run sees the examples of the uninterrupted
+    run, in order, without reading the consumed part of the stream again. torchdata's `StatefulDataLoader` collects
+    this state from each dataloader worker (`LapeTrainer` saves it with every checkpoint). The buffer is reseeded every
+    pass (and per process and worker, which read different shards); the augmentation of an example is seeded by
+    (seed, pass, process, worker, its position in the worker's stream), the same with or without a resume.
+    """
+
+    def __init__(
+        self,
+        source: IterableDataset,
+        buffer_size: int,
+        seed: int,
+        rank: int,
+        transform: Callable[[PIL.Image.Image], torch.Tensor],
+        errors: DecodeErrors,
+    ):
+        if buffer_size < 1:
+            raise ValueError(f"shuffle_buffer_size={buffer_size} must be at least 1.")
+        self.source = source
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.rank = rank
+        self.transform = transform
+        self.errors = errors
+        self._resume_from: dict[str, Any] | None = None
+        self._reader: _Reader | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state after the last example this reader yielded (before reading: the state it would resume from)."""
+        if self._reader is None:
+            return dict(self._resume_from or {})
+        return self._reader.state_dict(self.source)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (of the same process and worker) at the next iteration."""
+        self._resume_from = dict(state) or None
+
+    def _start_pass(self, pass_index: int, worker: int) -> _Reader:
+        state, self._resume_from = self._resume_from, None
+        if state is not None:
+            pass_index = state["pass"]
+        self.source.set_epoch(pass_index)  # `datasets` reorders the shards each pass
+        if state is None:
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFF, pass_index, self.rank, worker])
+            return _Reader(pass_index, [], rng)
+        self.source.load_state_dict(state["source"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        return _Reader(pass_index, list(state["buffer"]), rng, state["read"])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        pass_index = 0
+        while True:
+            reader = self._reader = self._start_pass(pass_index, worker)
+            for example in self.source:
+                reader.read += 1
+                if len(reader.buffer) < self.buffer_size:
+                    reader.buffer.append((reader.read - 1, example))
+                    continue
+                slot = int(reader.rng.integers(len(reader.buffer)))
+                chosen, reader.buffer[slot] = reader.buffer[slot], (reader.read - 1, example)
+                yield from self._decode(reader.pass_index, worker, *chosen)
+            while reader.buffer:
+                slot = int(reader.rng.integers(len(reader.buffer)))
+                reader.buffer[slot], reader.buffer[-1] = reader.buffer[-1], reader.buffer[slot]
+                yield from self._decode(reader.pass_index, worker, *reader.buffer.pop())
+            if reader.read == 0:  # this worker has no shard of the stream
+                return
+            pass_index = reader.pass_index + 1
+
+    def _decode(self, pass_index: int, worker: int, position: int, example: dict) -> Iterator[dict[str, Any]]:
+        """The example read at `position` of this worker's pass decoded (the one rule) and augmented from the original
+        image; nothing for a corrupt image that is skipped."""
+        key = batch_seed(self.seed, pass_index, [self.rank, worker, position])
+        where = _where(example["image"], position)
+        images, _ = decode_batch([example["image"]], [where], self.errors)
+        for pixels in transform_seeded(self.transform, images, key):
+            yield {"pixel_values": pixels, "labels": example["label"], "augmentation_seed": key}
+
+
 def build_streaming_datasets(
     data: ImageClassificationSplits, image_processor: BaseImageProcessor, augmentation, seed: int, skip: bool
-) -> tuple[IterableDataset, IterableDataset]:
-    """The train stream (shuffled, decoded and augmented in the workers) and the eval stream (processor geometry).
-
-    Both stay `datasets.IterableDataset`s so that accelerate splits them among processes by shard."""
+) -> tuple[ResumableStream, IterableDataset]:
+    """The train stream (this process's shards, shuffled, decoded and augmented in the workers; resumable) and the
+    eval stream (processor geometry; a `datasets.IterableDataset` that accelerate splits among processes by shard)."""
     transform = build_train_transform(
         augmentation, image_processor, bool(augmentation.horizontal_flip), from_original=True
     )
-    train = _decoded(
-        data.train.shuffle(seed=seed, buffer_size=data.shuffle_buffer_size),
-        image_processor=image_processor,
-        transform=transform,
+    process = PartialState()
+    train = ResumableStream(
+        split_dataset_by_node(data.train, rank=process.process_index, world_size=process.num_processes),
+        buffer_size=data.shuffle_buffer_size,
         seed=seed,
+        rank=process.process_index,
+        transform=transform,
         errors=DecodeErrors(skip, data.train_split),
     )
-    evaluation = _decoded(
-        data.eval,
-        image_processor=image_processor,
-        transform=None,
-        seed=None,
-        errors=DecodeErrors(skip, data.eval_split),
-    )
+    evaluation = _decoded(data.eval, image_processor=image_processor, errors=DecodeErrors(skip, data.eval_split))
     return train, evaluation
 
 
@@ -174,9 +274,11 @@ def prepare_streaming_run(model_args, data_args, augmentation, training_args):
     train, evaluation, label_feature = _standard_streams(streams[train_name], streams[eval_name], data_args)
     model, image_processor = build_model_and_processor(model_args, list(label_feature.names))
     image_processor = with_eval_geometry(image_processor, model.config, data_args)
-    # Each process reads its own shards of the stream (accelerate's default for an iterable is that process 0 reads
-    # everything and sends the batches out).
+    # Each process reads its own shards of the eval stream (accelerate's default for an iterable is that process 0
+    # reads everything and sends the batches out).
     training_args.accelerator_config.dispatch_batches = False
+    # A resumed train stream continues from its saved state (`LapeTrainer`), so the Trainer must not skip batches.
+    training_args.ignore_data_skip = True
     data = StreamingSplits(
         train=train,
         eval=evaluation,

@@ -4,6 +4,9 @@ stops with an error when its loss turns non-finite, and after the current step o
 from __future__ import annotations
 
 import logging
+import math
+import os
+import pickle
 import signal
 import threading
 import time
@@ -13,12 +16,16 @@ from typing import Any
 import evaluate
 import torch
 import torch.nn.functional as F
+from accelerate.utils import DistributedType
 from torch import nn
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import EvalPrediction, Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "top_k_accuracy"
+# A checkpoint's saved train-stream state, one file per process (each reads its own shards).
+STREAM_STATE_NAME = "stream_state_rank{rank}.pkl"
 
 
 def decay_parameter_names(model: nn.Module) -> list[str]:
@@ -90,6 +97,10 @@ class LapeTrainer(Trainer):
         self.data_wait_seconds = 0.0
         self.interrupt = StopOnInterrupt()
         self.add_callback(self.interrupt)
+        check_fsdp_is_running(self.accelerator.distributed_type, self.args.fsdp)
+        self._stream_loader: StatefulDataLoader | None = None
+        self._stream_resume_state: dict | None = None
+        self._stream_rng_checkpoint: str | None = None
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return decay_parameter_names(model)
@@ -113,11 +124,94 @@ class LapeTrainer(Trainer):
             )
         return loss
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if isinstance(resume_from_checkpoint, str) and self._is_stream(self.train_dataset):
+            self._stream_resume_state = self._load_stream_state(resume_from_checkpoint)
+            self._stream_rng_checkpoint = resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @staticmethod
+    def _is_stream(dataset: Any) -> bool:
+        from .streaming import ResumableStream
+
+        return isinstance(dataset, ResumableStream)
+
+    def get_train_dataloader(self):
+        """For the train stream, torchdata's `StatefulDataLoader` (not prepared by accelerate: the stream already
+        reads this process's shards), restored to the checkpoint's state when resuming. Its workers snapshot their
+        state every checkpoint interval, so that a checkpoint at a `save_steps` step needs no replay (one elsewhere, as
+        on Ctrl-C, replays the batches since the last snapshot) while the shuffle buffer is not copied every batch."""
+        if not self._is_stream(self.train_dataset):
+            return super().get_train_dataloader()
+        args = self.args
+        loader = StatefulDataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self._get_collator_with_removed_columns(self.data_collator, description="training"),
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            persistent_workers=args.dataloader_persistent_workers,
+            snapshot_every_n_steps=checkpoint_interval_batches(args),
+        )
+        if self._stream_resume_state is not None:
+            loader.load_state_dict(self._stream_resume_state)
+            self._stream_resume_state = None
+        self._stream_loader = loader
+        return loader
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self._stream_loader is not None:
+            path = os.path.join(output_dir, STREAM_STATE_NAME.format(rank=self.args.process_index))
+            with open(path + ".tmp", "wb") as file:
+                pickle.dump(self._stream_loader.state_dict(), file)
+            os.replace(path + ".tmp", path)
+
+    def _load_stream_state(self, checkpoint: str) -> dict:
+        path = os.path.join(checkpoint, STREAM_STATE_NAME.format(rank=self.args.process_index))
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r} has no saved stream state ({os.path.basename(path)}): it was "
+                "not written by a streaming run with this number of processes, so the stream cannot continue where "
+                "it stopped."
+            )
+        with open(path, "rb") as file:
+            return pickle.load(file)  # our own file, written by `_save_rng_state`
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         start = time.perf_counter()
         batches = super().get_batch_samples(epoch_iterator, num_batches, device)
         self.data_wait_seconds += time.perf_counter() - start
+        if self._stream_rng_checkpoint is not None:
+            # Starting the resumed stream's iterator draws from torch's RNG (its workers' base seed), a draw the
+            # uninterrupted run made at its start: restore the checkpoint's RNG after it, as the Trainer does after
+            # skipping batches, so dropout and drop-path draw as they would have.
+            self._load_rng_state(self._stream_rng_checkpoint)
+            self._stream_rng_checkpoint = None
         return batches
+
+
+def checkpoint_interval_batches(args) -> int:
+    """Batches between two checkpoints (`save_steps`, a fraction of `max_steps` when below 1, times the gradient
+    accumulation steps); `max_steps` worth when the run saves no step checkpoints."""
+    steps = args.max_steps
+    if args.save_strategy == "steps":
+        steps = math.ceil(args.max_steps * args.save_steps) if args.save_steps < 1 else int(args.save_steps)
+    return max(1, steps) * args.gradient_accumulation_steps
+
+
+def check_fsdp_is_running(distributed_type: DistributedType, fsdp_argument: Any) -> None:
+    """Refuse to train when FSDP was asked for (an accelerate config or env with `distributed_type: FSDP`, or
+    `--fsdp`) but accelerate set up something else: on CPU it silently falls back to plain data parallelism."""
+    from_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if (from_env or fsdp_argument) and distributed_type != DistributedType.FSDP:
+        where = "the accelerate config (ACCELERATE_USE_FSDP=true)" if from_env else "--fsdp"
+        raise ValueError(
+            f"FSDP was requested by {where} but accelerate set up {distributed_type.value}, not FSDP: it would train "
+            "without sharding. FSDP needs GPUs here (accelerate turns it on only for GPUs and other accelerators); on CPU "
+            "launch without the FSDP config (plain data parallelism)."
+        )
 
 
 def load_accuracy_metric() -> evaluate.EvaluationModule:
