@@ -700,3 +700,64 @@ def test_train_script_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv
     assert main([*argv, f"--output_dir={tmp_path / 'out'}", "--max_steps=1"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error and len(error.strip().splitlines()) == 1
+
+
+def test_fsdp_asked_for_but_not_set_up_is_refused_naming_both(monkeypatch):
+    """On CPU accelerate turns an FSDP config into plain data parallelism (MULTI_CPU): training must not go on."""
+    from accelerate.utils import DistributedType
+
+    from lape_hf.training.trainer import check_fsdp_is_running
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"requested by the accelerate config .* set up MULTI_CPU, not FSDP.*GPUs"):
+        check_fsdp_is_running(DistributedType.MULTI_CPU, False)
+    check_fsdp_is_running(DistributedType.FSDP, False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    with pytest.raises(ValueError, match=r"requested by --fsdp but accelerate set up NO, not FSDP"):
+        check_fsdp_is_running(DistributedType.NO, True)
+    check_fsdp_is_running(DistributedType.MULTI_CPU, False)
+
+
+def test_the_fsdp_recipe_wraps_each_lape_vit_layer():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from lape_hf.models.lape_vit import modeling_lape_vit
+
+    config = load_config_from_file(str(ROOT / "recipes" / "accelerate" / "fsdp.yaml"))
+    assert (config.distributed_type, config.fsdp_config["fsdp_auto_wrap_policy"]) == ("FSDP", "TRANSFORMER_BASED_WRAP")
+    layer = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+    assert layer == "LapeViTLayer" and isinstance(getattr(modeling_lape_vit, layer), type)
+
+
+@pytest.mark.slow
+def test_a_two_process_fsdp_launch_on_cpu_stops_with_one_line(tmp_path):
+    """The repository's FSDP recipe made for CPU (as its header says) under `accelerate launch`: exit status 2 and the
+    refusal on stderr, before any output is written."""
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "recipes" / "accelerate" / "fsdp.yaml").read_text())
+    recipe.update(use_cpu=True, mixed_precision="no", num_processes=2)
+    config_file = tmp_path / "fsdp_cpu.yaml"
+    config_file.write_text(yaml.safe_dump(recipe))
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            f"--config_file={config_file}",
+            str(ROOT / "scripts" / "train.py"),
+            *TINY_MODEL,
+            *QUIET_AND_FAST,
+            "--max_steps=2",
+            f"--output_dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert process.returncode != 0
+    assert "FSDP was requested by the accelerate config (ACCELERATE_USE_FSDP=true) but accelerate set up MULTI_CPU" in (
+        process.stderr
+    )
+    assert not (tmp_path / "out").exists()
