@@ -276,6 +276,27 @@ def test_relative_position_bias_refuses_flex_attention_which_would_give_every_he
         model(torch.randn(1, 3, 32, 32))
 
 
+def test_relative_position_bias_refuses_flex_attention_at_load_and_when_switched(tmp_path):
+    model = random_model(relative_position_bias="plain", pooler_type="sequence")
+    model.save_pretrained(tmp_path)
+    refused = r"relative_position_bias='plain' needs .*'eager' or 'sdpa'.*got 'flex_attention'"
+    with pytest.raises(ValueError, match=refused):
+        LapeViTForImageClassification.from_pretrained(tmp_path, attn_implementation="flex_attention")
+    with pytest.raises(ValueError, match=refused):
+        model.set_attn_implementation("flex_attention")
+    assert model.config._attn_implementation == "sdpa"  # unchanged by the refused switch
+    assert (
+        LapeViTForImageClassification.from_pretrained(tmp_path, attn_implementation="eager").config._attn_implementation
+        == "eager"
+    )
+
+
+def test_flex_attention_is_allowed_without_relative_position_bias():
+    model = random_model()
+    model.set_attn_implementation("flex_attention")
+    assert model.config._attn_implementation == "flex_attention"
+
+
 def test_hidden_states_and_attentions_are_returned():
     model = random_model()
     model.set_attn_implementation("eager")

@@ -394,6 +394,19 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+# flash takes no additive bias; flex would apply head 0's bias to every head: only these two are exact.
+ATTENTION_WITH_BIAS = ("eager", "sdpa")
+
+
+def check_attention_takes_bias(config: LapeViTConfig, attn_implementation: str | None) -> None:
+    """A relative position bias reaches attention as an additive mask, which only some implementations apply."""
+    if config.relative_position_bias != "none" and attn_implementation not in ATTENTION_WITH_BIAS:
+        raise ValueError(
+            f"relative_position_bias={config.relative_position_bias!r} needs an attention implementation that takes "
+            f"an additive bias ({' or '.join(map(repr, ATTENTION_WITH_BIAS))}), got {attn_implementation!r}."
+        )
+
+
 class LapeViTAttention(nn.Module):
     """Multi-head self-attention with one fused q/k/v projection, through transformers' attention interface."""
 
@@ -422,12 +435,8 @@ class LapeViTAttention(nn.Module):
         # The relative position bias reaches both eager and sdpa as an additive float attention mask.
         attention_mask = None
         if self.relative_position_bias is not None:
-            # flash takes no additive bias; flex would apply head 0's bias to every head: only these two are exact.
-            if self.config._attn_implementation not in ("eager", "sdpa"):
-                raise ValueError(
-                    f"relative_position_bias={self.config.relative_position_bias!r} needs an attention implementation "
-                    f"that takes an additive bias ('eager' or 'sdpa'), got {self.config._attn_implementation!r}."
-                )
+            # Checked at load time too; here for a config whose implementation was changed by hand since.
+            check_attention_takes_bias(self.config, self.config._attn_implementation)
             attention_mask = self.relative_position_bias(grid_size).to(query.dtype)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -614,6 +623,13 @@ class LapeViTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
     _can_record_outputs = {"hidden_states": LapeViTLayer, "attentions": LapeViTAttention}
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, *args, **kwargs) -> str:
+        """transformers' choice of attention (at load and at `set_attn_implementation`), refused early when the
+        relative position bias could not reach it."""
+        chosen = super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
+        check_attention_takes_bias(self.config, chosen)
+        return chosen
 
     def _check_pixel_values(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
         """Bad input fails here with what was given and what is expected, not as a shape error deep inside."""
