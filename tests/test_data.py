@@ -297,3 +297,23 @@ def test_the_decode_rule_on_each_kind_of_file(unusual_images):
         expected = np.asarray(decode_image(path))
         assert np.array_equal(np.asarray(decode_image(path.read_bytes())), expected)
         assert np.array_equal(np.asarray(decode_image({"path": str(path), "bytes": None})), expected)
+
+
+def test_with_a_centre_crop_eval_the_prepared_train_split_keeps_the_whole_image(tmp_path):
+    """DeiT's eval geometry (crop_pct 0.875) cuts off the border: the eval split is stored so, the train split as the
+    whole image resized (bicubic) to the model's resolution, so that training's random crops can reach the border."""
+    images = {"a": [random_image(0, (40, 24), "RGB")], "b": [random_image(1, (20, 36), "RGB")]}
+    root = write_image_folder(tmp_path / "train", images)
+    raw, name = load_raw_splits(train_dir=str(root), validation_dir=str(root))
+    image_processor = build_image_processor(tiny_config(image_size=16, patch_size=4), crop_pct=0.875)
+    data = prepare_splits(raw, name, image_processor, data_mode="prepared")
+    originals = [load_image(str(path)) for path in sorted(root.rglob("*.png"))]
+    stored = {
+        split: np.asarray(dataset.with_format("numpy", dtype=np.uint8)["pixel_values"])
+        for split, dataset in (("train", data.train), ("eval", data.eval))
+    }
+    whole = np.stack([np.asarray(image.resize((16, 16), PIL.Image.Resampling.BICUBIC)) for image in originals])
+    assert np.abs(stored["train"].astype(int) - whole.transpose(0, 3, 1, 2)).max() <= 1
+    cropped = image_processor(originals, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(stored["eval"], np.asarray(cropped).round().clip(0, 255).astype(np.uint8))
+    assert np.abs(stored["train"].astype(int) - stored["eval"]).mean() > 10  # the two geometries differ

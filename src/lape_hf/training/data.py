@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-from transformers import BaseImageProcessor
+from transformers import BaseImageProcessor, ViTImageProcessor
 
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
 from ..models.lape_vit.image_processing_lape_vit import eval_geometry, output_size
@@ -433,7 +433,7 @@ def _training_datasets(
     train, evaluation = (
         prepare_split(
             split,
-            image_processor,
+            processor,
             split_name,
             image_column,
             label_column,
@@ -441,9 +441,24 @@ def _training_datasets(
             skip_corrupt_images=skip_corrupt_images,
             num_proc=num_proc,
         )
-        for split, split_name in named_splits
+        for (split, split_name), processor in zip(
+            named_splits, (whole_image_processor(image_processor), image_processor), strict=True
+        )
     )
     return train, evaluation
+
+
+def whole_image_processor(image_processor: BaseImageProcessor) -> BaseImageProcessor:
+    """The processor whose output the prepared train split stores: the whole image resized to the model's resolution.
+
+    With the centre-crop eval geometry the processor cuts off the image's border; training's random crops must be
+    able to see it (DeiT crops the original image), so only the eval split is stored in the eval geometry."""
+    if eval_geometry(image_processor) != "center_crop":
+        return image_processor
+    height, width = output_size(image_processor)
+    return ViTImageProcessor(
+        size={"height": height, "width": width}, resample=image_processor.resample, do_convert_rgb=True
+    )
 
 
 def _split_columns(
