@@ -181,6 +181,18 @@ def test_a_corrupt_image_stops_the_batch_naming_it_or_is_skipped_and_counted():
     assert [example["labels"] for example in batch] == [0, 1, 1] and errors.skipped == 1
 
 
+def test_a_batch_whose_every_image_is_skipped_is_an_error_naming_them():
+    """--skip_corrupt_images drops corrupt images from their batch; a batch left empty stops naming all of them."""
+    processor = build_image_processor(tiny_config(image_size=16, patch_size=4))
+    split = encoded_split([natural_like(seed) for seed in range(4)], [0, 1, 0, 1], corrupt_rows=(1, 2))
+    errors = DecodeErrors(True, "train")
+    dataset = OnTheFlyDataset(split, processor, errors)
+    assert [example["labels"] for example in dataset.__getitems__([0, 1])] == [0]
+    with pytest.raises(ValueError, match=r"Every image of a batch of split 'train' .*broken-1.jpg.*broken-2.jpg"):
+        dataset.__getitems__([1, 2])
+    assert errors.skipped == 3
+
+
 def test_a_run_on_the_fly_records_its_mode_and_resumes_to_the_uninterrupted_run(pattern_folders, tmp_path):
     """As the prepared path's resume test: stop after 3 of 8 steps, resume with a dataloader worker; on the fly,
     the datasets cache aside, nothing but the model and its checkpoints is written."""

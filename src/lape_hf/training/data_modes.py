@@ -193,6 +193,12 @@ class OnTheFlyDataset(torch.utils.data.Dataset):
         rows = self.split[indices]
         where = [_where(cell, index) for cell, index in zip(rows["image"], indices, strict=True)]
         images, kept = decode_batch(rows["image"], where, self.errors)
+        if not images:
+            # The collator cannot stack an empty batch, and a process that skipped its step would stall the others.
+            raise ValueError(
+                f"Every image of a batch of split {self.errors.split_name!r} cannot be decoded ({', '.join(where)}): "
+                "--skip_corrupt_images skips a corrupt image but a batch cannot be empty; remove these images."
+            )
         labels = [rows["label"][position] for position in kept]
         if self.seed is None:
             pixels = list(processor_pixels(images, self.image_processor)) if images else []
