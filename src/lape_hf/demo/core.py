@@ -1,0 +1,271 @@
+"""What the demo page computes, without Gradio: loading the models once, classifying an uploaded file through
+`pipeline("image-classification")`, and the per-layer PE similarity maps of `lape_hf.analysis` for a chosen patch.
+
+Every function here takes and returns plain values (paths, PIL images, dicts, text), so the page's behaviour is
+tested without a browser; `lape_hf.demo.app` only wires them to Gradio components.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from transformers import ImageClassificationPipeline
+
+from ..analysis import (
+    PositionEmbeddingAnalysisError,
+    PositionEmbeddingMaps,
+    centre_patch,
+    format_summary,
+    patch_index,
+    plot_patch_maps,
+    position_embedding_maps,
+)
+from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
+from ..predict import load_classifier
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+# "<source>_label-<true label>.png": the true label of a shipped example is in its file name.
+EXAMPLE_LABEL = re.compile(r"_label-(?P<label>[^.]+)\.png$")
+# An upload larger than this many pixels is refused before it is decoded (a 48-megapixel phone photo still passes);
+# PIL's own decompression-bomb limit is higher and would spend the memory first.
+MAX_IMAGE_PIXELS = 50_000_000
+# Gradio refuses larger uploads before they reach the app (`launch(max_file_size=...)`).
+MAX_UPLOAD_SIZE = "25mb"
+DEFAULT_TOP_K = 5
+# The clickable patch grid is drawn this many pixels on its longer side (each patch a square of whole pixels).
+PATCH_GRID_PIXELS = 280
+
+
+class DemoInputError(ValueError):
+    """An input the page cannot use (not an image, too large, a patch outside the grid); shown as a message."""
+
+
+@dataclass
+class DemoModel:
+    """A model loaded once at start: its classifier pipeline, and its PE maps or why it has none."""
+
+    name: str
+    classifier: ImageClassificationPipeline
+    maps: PositionEmbeddingMaps | None
+    no_maps_reason: str | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return self.classifier.model.config.num_labels
+
+
+def load_demo_model(name: str) -> DemoModel:
+    """The pipeline and the PE maps of a model directory or Hub id; a model without a PE keeps the reason instead.
+
+    A path or id that does not load is a one-line `ValueError` (from `lape_hf.predict.load_classifier`).
+    """
+    classifier = load_classifier(name)
+    try:
+        maps = position_embedding_maps(classifier.model, name)
+    except PositionEmbeddingAnalysisError as error:
+        return DemoModel(name, classifier, None, str(error))
+    return DemoModel(name, classifier, maps)
+
+
+def load_demo_models(names: Sequence[str]) -> list[DemoModel]:
+    """The main model and any to compare; models with PE maps must share one patch grid (one patch is chosen)."""
+    models = [load_demo_model(name) for name in names]
+    grids = {model.name: model.maps.grid_size for model in models if model.maps is not None}
+    if len(set(grids.values())) > 1:
+        listed = ", ".join(f"{name}: {rows}x{columns}" for name, (rows, columns) in grids.items())
+        raise ValueError(f"the models to compare have different patch grids ({listed}); compare models of one grid.")
+    return models
+
+
+def example_images(directory: Path = EXAMPLES_DIR) -> list[tuple[Path, str]]:
+    """The shipped example images with the true label from each file name, in name order."""
+    examples = []
+    for path in sorted(directory.glob("*.png")):
+        match = EXAMPLE_LABEL.search(path.name)
+        if match:
+            examples.append((path, match["label"].replace("-", " ")))
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Classify
+# ---------------------------------------------------------------------------------------------------------------------
+def check_image_file(path: str | Path) -> None:
+    """Refuse a file that is not an image or is too large, reading only its header (nothing is decoded)."""
+    name = Path(path).name
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+    except UNREADABLE_IMAGE_ERRORS as error:
+        detail = str(error).replace(str(path), name)  # the server's upload path means nothing to the user
+        raise DemoInputError(f"{name} is not an image this page can read ({type(error).__name__}: {detail}).") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DemoInputError(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} megapixels; images up to "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted. Resize it and upload again."
+        )
+
+
+def classify(model: DemoModel, image_path: str | Path, top_k: int = DEFAULT_TOP_K) -> dict[str, float]:
+    """Label -> score of the `top_k` best classes, from the model's image-classification pipeline.
+
+    The file is decoded by the package's one decode rule (`lape_hf.images.decode_image`, what the pipeline does
+    with a path) and refused with a `DemoInputError` when it is not a readable image or too large.
+    """
+    check_image_file(image_path)
+    try:
+        image = decode_image(image_path)
+    except UNREADABLE_IMAGE_ERRORS as error:  # a valid header over damaged pixel data
+        raise DemoInputError(f"{Path(image_path).name} cannot be decoded ({type(error).__name__}: {error}).") from None
+    predictions = model.classifier(image, top_k=max(1, min(int(top_k), model.num_labels)))
+    return {prediction["label"]: float(prediction["score"]) for prediction in predictions}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Position embedding maps
+# ---------------------------------------------------------------------------------------------------------------------
+def drawable(models: Sequence[DemoModel]) -> list[PositionEmbeddingMaps]:
+    return [model.maps for model in models if model.maps is not None]
+
+
+def grid_size(models: Sequence[DemoModel]) -> tuple[int, int] | None:
+    """The patch grid shared by the models with PE maps (checked at load), or None when none has a PE."""
+    maps = drawable(models)
+    return maps[0].grid_size if maps else None
+
+
+def num_layers(models: Sequence[DemoModel]) -> int:
+    """Layers every drawable model has (the layer slider's range)."""
+    return min((len(maps.layers) for maps in drawable(models)), default=0)
+
+
+def default_patch(models: Sequence[DemoModel]) -> tuple[int, int]:
+    grid = grid_size(models)
+    return centre_patch(grid) if grid else (0, 0)
+
+
+def checked_patch(models: Sequence[DemoModel], row: float | None, column: float | None) -> tuple[int, int]:
+    """(row, column) as integers inside the grid, else a `DemoInputError` naming the allowed range."""
+    grid = grid_size(models)
+    if grid is None:
+        raise DemoInputError("No model here has a position embedding, so there is no patch to choose.")
+    if row is None or column is None or not all(math.isfinite(v) and float(v).is_integer() for v in (row, column)):
+        raise DemoInputError(f"Row and column must be whole numbers, got row={row}, column={column}.")
+    patch = (int(row), int(column))
+    try:
+        patch_index(patch, grid)
+    except PositionEmbeddingAnalysisError as error:
+        raise DemoInputError(str(error)) from None
+    return patch
+
+
+def patch_cell_pixels(grid: tuple[int, int]) -> int:
+    """The side in pixels of one patch's square in the clickable grid image."""
+    return max(1, PATCH_GRID_PIXELS // max(grid))
+
+
+def patch_at(x: float, y: float, grid: tuple[int, int]) -> tuple[int, int]:
+    """The (row, column) of the patch under pixel (x, y) of the grid image (clamped to the grid)."""
+    cell = patch_cell_pixels(grid)
+    return min(max(int(y // cell), 0), grid[0] - 1), min(max(int(x // cell), 0), grid[1] - 1)
+
+
+def patch_grid_image(models: Sequence[DemoModel], patch: tuple[int, int], layer: int | None) -> PIL.Image.Image | None:
+    """The clickable grid: the first drawable model's map of `patch` in `layer` (the last layer when None), one
+    coloured square per patch on the figure's colour map, with grid lines and the chosen patch outlined in red."""
+    maps = drawable(models)
+    if not maps:
+        return None
+    first = maps[0]
+    similarity = first.layers[(layer or len(first.layers)) - 1]
+    values = similarity[patch_index(patch, first.grid_size)].reshape(first.grid_size)
+    low = float(values.min())
+    scaled = (values - low) / (1.0 - low) if low < 1.0 else np.ones_like(values)
+    cell = patch_cell_pixels(first.grid_size)
+    colours = (colormaps["viridis"](scaled)[..., :3] * 255).astype(np.uint8)
+    pixels = np.kron(colours, np.ones((cell, cell, 1), dtype=np.uint8))
+    pixels[::cell, :] = 255  # grid lines: the top and left edge of every square
+    pixels[:, ::cell] = 255
+    row, column = patch
+    top, left = row * cell, column * cell
+    red = np.array([255, 0, 0], dtype=np.uint8)
+    width = max(2, cell // 8)
+    pixels[top : top + width, left : left + cell] = red
+    pixels[top + cell - width : top + cell, left : left + cell] = red
+    pixels[top : top + cell, left : left + width] = red
+    pixels[top : top + cell, left + cell - width : left + cell] = red
+    return PIL.Image.fromarray(pixels)
+
+
+def _one_layer(maps: PositionEmbeddingMaps, layer: int) -> PositionEmbeddingMaps:
+    return dataclasses.replace(maps, layers=[maps.layers[layer - 1]])
+
+
+def pe_figure(models: Sequence[DemoModel], patch: tuple[int, int], layer: int | None = None) -> Figure | None:
+    """`lape_hf.analysis.plot_patch_maps` of every drawable model (one row each, one colour scale), for all layers
+    (`layer=None`) or one layer (1-based); None when no model has a PE."""
+    maps = drawable(models)
+    if not maps:
+        return None
+    if layer is not None:
+        if not 1 <= layer <= num_layers(models):
+            raise DemoInputError(f"layer={layer} is outside 1..{num_layers(models)}.")
+        maps = [_one_layer(entry, layer) for entry in maps]
+    figure = plot_patch_maps(maps, patch=patch)
+    if layer is not None:  # the one panel per row was drawn as the first layer of a one-layer model
+        for axes in figure.axes:
+            if axes.get_title() == "layer 1":
+                axes.set_title(f"layer {layer}", fontsize="small")
+    return figure
+
+
+def figure_image(figure: Figure | None) -> PIL.Image.Image | None:
+    """A figure rendered to an RGB image (what the page shows)."""
+    if figure is None:
+        return None
+    figure.canvas.draw()
+    return PIL.Image.fromarray(np.asarray(figure.canvas.buffer_rgba())[..., :3].copy())
+
+
+def pe_summary(models: Sequence[DemoModel]) -> str:
+    """The analysis' measures per layer of every model (Markdown), and a sentence for each model without a PE."""
+    parts = []
+    for model in models:
+        if model.maps is None:
+            parts.append(f"**{model.name}**: {model.no_maps_reason}")
+        else:
+            parts.append(f"```\n{format_summary(model.maps)}\n```")
+    return "\n\n".join(parts)
+
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "EXAMPLES_DIR",
+    "MAX_IMAGE_PIXELS",
+    "MAX_UPLOAD_SIZE",
+    "DemoInputError",
+    "DemoModel",
+    "check_image_file",
+    "checked_patch",
+    "classify",
+    "default_patch",
+    "example_images",
+    "figure_image",
+    "grid_size",
+    "load_demo_model",
+    "load_demo_models",
+    "num_layers",
+    "patch_at",
+    "patch_grid_image",
+    "pe_figure",
+    "pe_summary",
+]

@@ -1,0 +1,356 @@
+"""The demo page's functions without a browser: classification through the pipeline a user calls, refusals of files
+the page cannot use, the PE maps drawn for the chosen patch and layer (checked against the model's own per-layer PE),
+the clickable patch grid, models without a PE, the shipped example images, and the script's one-line errors.
+The page itself in Chromium is tests/test_demo_browser.py (slow)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import tomllib
+import torch
+from hub_helpers import TEMPLATE, save_tiny_checkpoint
+from huggingface_hub import SpaceCard
+from packaging.requirements import Requirement
+from script_loader import load_script
+from transformers import pipeline
+
+from lape_hf.analysis import layer_position_embeddings
+from lape_hf.demo import core
+from lape_hf.demo.core import (
+    DemoInputError,
+    checked_patch,
+    classify,
+    example_images,
+    load_demo_model,
+    load_demo_models,
+    patch_at,
+    patch_cell_pixels,
+    patch_grid_image,
+    pe_figure,
+    pe_summary,
+)
+from lape_hf.hub import install_in_hub_cache, prepare_upload
+from lape_hf.hub.space import SpacePlan, prepare_space
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("demo")
+    return {
+        "lape": save_tiny_checkpoint(root / "lape"),
+        "add": save_tiny_checkpoint(root / "add", pe_join="add"),
+        "none": save_tiny_checkpoint(root / "none", position_embedding_type="none"),
+    }
+
+
+@pytest.fixture(scope="module")
+def lape_and_add(model_dirs: dict[str, Path]) -> list[core.DemoModel]:
+    return load_demo_models([str(model_dirs["lape"]), str(model_dirs["add"])])
+
+
+def save_picture(path: Path, seed: int, size: tuple[int, int] = (30, 26)) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Classify
+# ---------------------------------------------------------------------------------------------------------------------
+def test_classify_gives_the_top_k_of_the_image_classification_pipeline(lape_and_add, model_dirs, tmp_path: Path):
+    picture = save_picture(tmp_path / "picture.png", seed=1)
+    expected = pipeline("image-classification", model=str(model_dirs["lape"]))(str(picture), top_k=2)
+    shown = classify(lape_and_add[0], picture, top_k=2)
+    assert list(shown) == [entry["label"] for entry in expected]
+    assert list(shown.values()) == pytest.approx([entry["score"] for entry in expected], abs=1e-6)
+
+
+def test_top_k_is_capped_at_the_number_of_classes(lape_and_add, tmp_path: Path):
+    shown = classify(lape_and_add[0], save_picture(tmp_path / "picture.png", seed=2), top_k=50)
+    assert sorted(shown) == ["bird", "cat", "dog"]
+    assert sum(shown.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_file_that_is_not_an_image_is_refused_by_name(lape_and_add, tmp_path: Path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    with pytest.raises(DemoInputError, match=r"notes\.png is not an image this page can read") as caught:
+        classify(lape_and_add[0], fake)
+    assert str(tmp_path) not in str(caught.value)  # the server's path is not shown to the user
+
+
+def test_an_image_with_damaged_pixel_data_is_refused(lape_and_add, tmp_path: Path):
+    whole = save_picture(tmp_path / "whole.png", seed=3, size=(64, 64)).read_bytes()
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole[:200])
+    with pytest.raises(DemoInputError, match=r"truncated\.png"):
+        classify(lape_and_add[0], truncated)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(lape_and_add, tmp_path: Path):
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("1", (9000, 6000)).save(huge)  # 54 megapixels in a small file
+    assert 9000 * 6000 > core.MAX_IMAGE_PIXELS
+    with pytest.raises(DemoInputError, match=r"huge\.png is 9000x6000 = 54\.0 megapixels; images up to 50"):
+        classify(lape_and_add[0], huge)
+
+
+def test_a_model_path_that_does_not_load_is_a_one_line_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="cannot load the model") as caught:
+        load_demo_model(str(tmp_path / "missing"))
+    assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Position embedding maps
+# ---------------------------------------------------------------------------------------------------------------------
+def cosine_to_patch(model: torch.nn.Module, layer: int, patch: tuple[int, int]) -> np.ndarray:
+    """Independent computation: torch's cosine similarity of the layer's PE rows (prefix tokens dropped)."""
+    pe = layer_position_embeddings(model)[layer - 1][model.config.num_prefix_tokens :]
+    rows, columns = model.config.token_grid_size()
+    reference = pe[patch[0] * columns + patch[1]]
+    return torch.nn.functional.cosine_similarity(pe, reference[None, :], dim=-1).reshape(rows, columns).numpy()
+
+
+def panels(figure) -> dict[tuple[str, str], np.ndarray]:
+    """(row title, panel title) -> the drawn array, for every image panel of a figure from analysis._draw."""
+    drawn = {}
+    for axes in figure.axes:
+        if axes.images:
+            drawn[(axes.figure._suptitle.get_text(), axes.get_title())] = np.asarray(axes.images[0].get_array())
+    return drawn
+
+
+def test_one_layer_figure_shows_each_models_map_of_that_layer_for_the_chosen_patch(lape_and_add):
+    patch = (0, 3)
+    drawn = panels(pe_figure(lape_and_add, patch, layer=2))
+    assert len(drawn) == 2
+    for model in lape_and_add:
+        key = next(key for key in drawn if key[0].startswith(model.name))
+        assert key[1] == "layer 2"
+        np.testing.assert_allclose(drawn[key], cosine_to_patch(model.classifier.model, 2, patch), atol=1e-5)
+
+
+def test_all_layers_figure_has_every_layer_of_every_model_on_one_colour_scale(lape_and_add):
+    figure = pe_figure(lape_and_add, (1, 1))
+    drawn = panels(figure)
+    layers = lape_and_add[0].classifier.model.config.num_hidden_layers
+    assert sorted(title for _, title in drawn) == sorted([f"layer {i + 1}" for i in range(layers)] * 2)
+    limits = {axes.images[0].get_clim() for axes in figure.axes if axes.images}
+    assert len(limits) == 1 and limits.pop()[0] == pytest.approx(min(values.min() for values in drawn.values()))
+
+
+def test_the_figure_depends_on_the_chosen_patch(lape_and_add):
+    centre, corner = (core.figure_image(pe_figure(lape_and_add, p)) for p in ((2, 2), (0, 0)))
+    assert centre.size == corner.size and not np.array_equal(np.asarray(centre), np.asarray(corner))
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "message"),
+    [(4, 0, r"outside the 4x4 patch grid"), (0, -1, r"outside the 4x4 patch grid"), (1.5, 0, r"whole numbers")],
+)
+def test_a_patch_outside_the_grid_or_not_whole_is_refused(lape_and_add, row, column, message):
+    with pytest.raises(DemoInputError, match=message):
+        checked_patch(lape_and_add, row, column)
+
+
+def test_a_layer_outside_the_model_is_refused(lape_and_add):
+    with pytest.raises(DemoInputError, match=r"layer=4 is outside 1\.\.3"):
+        pe_figure(lape_and_add, (0, 0), layer=4)
+
+
+def test_a_click_on_the_grid_image_selects_the_patch_under_it_and_the_grid_marks_it(lape_and_add):
+    grid = (4, 4)
+    cell = patch_cell_pixels(grid)
+    for row in range(grid[0]):
+        for column in range(grid[1]):
+            assert patch_at(column * cell + cell / 2, row * cell + cell / 2, grid) == (row, column)
+    image = np.asarray(patch_grid_image(lape_and_add, (1, 2), layer=None))
+    assert image.shape == (4 * cell, 4 * cell, 3)
+    red = np.all(image == [255, 0, 0], axis=-1)
+    rows, columns = np.nonzero(red)
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (cell, 2 * cell - 1, 2 * cell, 3 * cell - 1)
+
+
+def test_a_model_without_position_embedding_says_so_instead_of_a_picture(model_dirs):
+    models = load_demo_models([str(model_dirs["none"])])
+    assert models[0].maps is None
+    assert pe_figure(models, (0, 0)) is None and patch_grid_image(models, (0, 0), None) is None
+    assert "position_embedding_type='none'" in pe_summary(models)
+    with pytest.raises(DemoInputError, match="No model here has a position embedding"):
+        checked_patch(models, 0, 0)
+
+
+def test_compared_models_must_share_one_patch_grid(model_dirs, tmp_path: Path):
+    larger = save_tiny_checkpoint(tmp_path / "larger", image_size=48)
+    with pytest.raises(ValueError, match=r"different patch grids .*4x4.*6x6"):
+        load_demo_models([str(model_dirs["lape"]), str(larger)])
+
+
+def test_the_summary_lists_the_measures_of_every_model(lape_and_add):
+    summary = pe_summary(lape_and_add)
+    for model in lape_and_add:
+        assert f"{model.name}: join={model.maps.pe_join}" in summary
+    assert summary.count("mean change between consecutive layers") == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shipped examples
+# ---------------------------------------------------------------------------------------------------------------------
+def test_each_digit_example_is_the_held_out_image_its_name_says_with_its_label():
+    from lape_hf.training.data import load_digits_dataset
+
+    test_split = load_digits_dataset()["test"]
+    digits = [(path, label) for path, label in example_images() if path.name.startswith("digits-test-")]
+    assert digits
+    for path, label in digits:
+        index = int(re.match(r"digits-test-(\d+)_", path.name)[1])
+        assert test_split[index]["label"] == int(label)
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(path)), np.asarray(test_split[index]["image"]))
+
+
+def test_each_fashion_mnist_example_is_the_test_image_its_name_says_with_its_label():
+    from lape_hf.training import fashion_mnist
+
+    folder = Path(fashion_mnist.DEFAULT_FASHION_MNIST_DIR)
+    if not folder.is_dir():
+        pytest.skip(f"no Fashion-MNIST files: {fashion_mnist.INSTALL_HINT}")
+    images_file, labels_file, _ = fashion_mnist.FASHION_MNIST_FILES["test"]
+    test_split = fashion_mnist.load_fashion_mnist_split(folder / images_file, folder / labels_file)
+    shown = [(path, label) for path, label in example_images() if path.name.startswith("fashion-mnist-test-")]
+    assert shown
+    for path, label in shown:
+        index = int(re.match(r"fashion-mnist-test-(\d+)_", path.name)[1])
+        true_name = fashion_mnist.FASHION_MNIST_LABELS[test_split[index]["label"]]
+        assert true_name.replace("/", " ") == label
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(path)), np.asarray(test_split[index]["image"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The page and the script
+# ---------------------------------------------------------------------------------------------------------------------
+def test_the_page_builds_with_analytics_off_and_both_tabs(lape_and_add):
+    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    from lape_hf.demo.app import build_demo
+
+    demo = build_demo(lape_and_add)
+    assert demo.analytics_enabled is False
+    element_ids = {block.elem_id for block in demo.blocks.values()}
+    assert {"input-image", "prediction-0", "prediction-1", "patch-grid", "pe-figure", "pe-summary"} <= element_ids
+
+
+def test_the_script_reports_a_model_that_does_not_load_in_one_line(tmp_path: Path, capsys):
+    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    status = load_script("demo_app").main(["--model", str(tmp_path / "missing"), "--port", "7999"])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert error.startswith("error: cannot load the model") and error.count("\n") == 1
+
+
+def test_the_script_refuses_a_port_out_of_range(capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_script("demo_app").main(["--model", "somewhere", "--port", "70000"])
+    assert caught.value.code == 2
+    assert "--port=70000 is not a port number" in capsys.readouterr().err
+
+
+def test_importing_the_package_and_the_demo_functions_does_not_import_gradio():
+    code = "import sys, lape_hf, lape_hf.demo, lape_hf.demo.core; print('gradio' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Space and the model card's link to it
+# ---------------------------------------------------------------------------------------------------------------------
+def write_space(plan: SpacePlan, folder: Path) -> Path:
+    for name, source in plan.files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source if isinstance(source, bytes) else source.read_bytes())
+    return folder
+
+
+def test_the_space_card_names_the_sdk_the_gradio_version_and_the_models(tmp_path: Path):
+    gradio = pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    plan = prepare_space("org/lape-demo", ["org/lape-tiny", "org/add-tiny"])
+    card = SpaceCard.load(write_space(plan, tmp_path) / "README.md")
+    assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
+    assert card.data.models == ["org/lape-tiny", "org/add-tiny"]
+    assert "compared with [org/add-tiny](https://huggingface.co/org/add-tiny)" in card.text
+
+
+def test_the_space_holds_the_app_the_package_and_its_runtime_requirements(tmp_path: Path):
+    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    plan = prepare_space("org/lape-demo", ["org/lape-tiny"])
+    with (Path(__file__).resolve().parent.parent / "pyproject.toml").open("rb") as stream:
+        dependencies = tomllib.load(stream)["project"]["dependencies"]
+    listed = [line for line in plan.files["requirements.txt"].decode().splitlines() if not line.startswith("#")]
+    assert sorted(Requirement(line).name for line in listed) == sorted(Requirement(d).name for d in dependencies)
+    names = set(plan.files)
+    assert {"app.py", "README.md", "lape_hf/__init__.py", "lape_hf/demo/core.py", "lape_hf/demo/app.py"} <= names
+    assert {f"lape_hf/demo/examples/{path.name}" for path, _ in example_images()} <= names
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+
+
+@pytest.mark.parametrize("space_id", ["not a repo id", "just-a-name"])
+def test_a_bad_space_id_is_refused(space_id: str):
+    with pytest.raises(ValueError, match="repo_id"):
+        prepare_space(space_id, ["org/lape-tiny"])
+
+
+def test_the_model_card_links_to_its_space_only_when_one_is_given(model_dirs: dict[str, Path]):
+    with_space = prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE, space_id="org/demo")
+    without = prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE)
+    assert "[the demo Space org/demo](https://huggingface.co/spaces/org/demo)" in with_space.card.text
+    assert "spaces/" not in without.card.text
+    link = re.compile(r"\nTry it in the browser: .*? position embedding maps\.\n", re.DOTALL)
+    assert link.sub("", with_space.card.text) == without.card.text  # the link is the only difference
+
+
+def test_the_push_script_dry_run_prints_the_space_and_uploads_nothing(model_dirs: dict[str, Path], capsys):
+    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    arguments = ["--model", str(model_dirs["lape"]), "--repo_id", "org/lape-tiny", "--space", "org/lape-tiny-demo"]
+    status = load_script("push_to_hub").main([*arguments, "--space_compare", "org/add-tiny", "--dry_run"])
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "Files for the Space org/lape-tiny-demo:" in output and "sdk: gradio" in output
+    assert "Dry run: nothing was uploaded to org/lape-tiny, org/lape-tiny-demo." in output
+
+
+@pytest.mark.slow
+def test_the_rendered_space_classifies_with_its_own_copy_of_the_package(model_dirs: dict[str, Path], tmp_path: Path):
+    """The Space folder as the Hub would run it: its app.py imports the copied lape_hf and loads the models named in
+    its card by Hub id (from an offline Hub cache here)."""
+    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    cache = tmp_path / "hub_cache"
+    install_in_hub_cache(
+        prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE).repository_files(),
+        "org/lape-tiny",
+        cache,
+    )
+    space = write_space(prepare_space("org/lape-demo", ["org/lape-tiny"]), tmp_path / "space")
+    example = example_images()[0][0]
+    code = (
+        "import app, lape_hf; from lape_hf.demo.core import classify; "
+        "models = app.load_demo_models(app.space_models()); "
+        f"print(lape_hf.__file__); print(max((s, l) for l, s in classify(models[0], {str(example)!r}).items())[1])"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_TOKEN")}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=space, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    package_file, label = result.stdout.strip().splitlines()[-2:]
+    assert Path(package_file).resolve().is_relative_to(space.resolve())
+    expected = pipeline("image-classification", model=str(model_dirs["lape"]))(str(example))[0]["label"]
+    assert label == expected
