@@ -290,9 +290,11 @@ def render_model_card(
     source: CardSource | None = None,
     num_parameters: int | None = None,
     onnx_file: str | None = None,
+    space_id: str | None = None,
 ) -> ModelCard:
     """The model card of a checkpoint to be published as `repo_id`, laid out by the Jinja template; `onnx_file` is
-    the repository path of an exported ONNX graph (scripts/export.py), whose use the card then shows."""
+    the repository path of an exported ONNX graph (scripts/export.py), whose use the card then shows; `space_id` a
+    Space with the model's demo page, which the card links to."""
     source = source or CardSource()
     card_data = build_card_data(config, results, repo_id, source)
     height, width = config.image_size_2d
@@ -322,6 +324,7 @@ def render_model_card(
         "training_rows": _training_rows(results) if results else [],
         "citation": CITATION_BIBTEX,
         "onnx_file": onnx_file,
+        "space_id": space_id,
     }
     template = read_card_template(template_path)
     undefined = _undeclared_variables(template) - set(context) - set(card_data.to_dict()) - {"card_data"}

@@ -388,9 +388,13 @@ def prepare_upload(
     *,
     template_path: str | Path,
     card_source: CardSource | None = None,
+    space_id: str | None = None,
 ) -> UploadPlan:
-    """Check the directory and render its card: raises before anything is sent when either fails."""
+    """Check the directory and render its card (linking to the demo Space `space_id` when given): raises before
+    anything is sent when either fails."""
     check_repo_id(repo_id)
+    if space_id is not None:
+        check_repo_id(space_id)
     model = check_model_directory(model_dir)
     card = render_model_card(
         model.config,
@@ -400,6 +404,7 @@ def prepare_upload(
         source=card_source,
         num_parameters=model.num_parameters,
         onnx_file=ONNX_FILE if ONNX_FILE in model.files else None,
+        space_id=space_id,
     )
     return UploadPlan(repo_id=repo_id, model=model, card=card)
 
