@@ -34,6 +34,7 @@ from .core import (
 TITLE = "LaPE vision transformer demo"
 SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no font download from the browser
 SYSTEM_MONO_FONTS = ["ui-monospace", "monospace"]
+INPUT_IMAGE_HEIGHT = 320  # pixels
 # Digits and Fashion-MNIST images are 8x8 and 28x28 pixels: drawn large, as sharp squares.
 PAGE_CSS = """
 #input-image img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
@@ -65,7 +66,11 @@ def _classify_tab(models: Sequence[DemoModel]) -> None:
     most_labels = max(model.num_labels for model in models)
     with gr.Row():
         image = gr.Image(
-            type="filepath", sources=["upload", "clipboard"], label="Image (upload or paste)", elem_id="input-image"
+            type="filepath",
+            sources=["upload", "clipboard"],
+            label="Image (upload or paste)",
+            height=INPUT_IMAGE_HEIGHT,
+            elem_id="input-image",
         )
         with gr.Column():
             top_k = gr.Slider(1, most_labels, value=min(DEFAULT_TOP_K, most_labels), step=1, label="Top-k")
@@ -101,7 +106,11 @@ def _pe_tab(models: Sequence[DemoModel]) -> None:
         with gr.Column(scale=1, min_width=300):
             gr.Markdown(f"**Reference patch**: click a square of the {grid[0]}x{grid[1]} grid, or type row and column.")
             grid_image = gr.Image(
-                patch_grid_image(models, (row, column), None), show_label=False, interactive=False, elem_id="patch-grid"
+                patch_grid_image(models, (row, column), None),
+                show_label=False,
+                interactive=False,
+                buttons=[],
+                elem_id="patch-grid",
             )
             with gr.Row():
                 row_input = gr.Number(
@@ -115,8 +124,9 @@ def _pe_tab(models: Sequence[DemoModel]) -> None:
         with gr.Column(scale=3):
             figure = gr.Image(
                 figure_image(pe_figure(models, (row, column))),
-                label="Cosine similarity of the reference patch's PE to every patch's, per layer (one colour scale)",
+                show_label=False,
                 interactive=False,
+                buttons=["download", "fullscreen"],
                 elem_id="pe-figure",
             )
             gr.Markdown(pe_summary(models), elem_id="pe-summary")
