@@ -69,13 +69,23 @@ def load_streaming_splits(
         data_files = {"train": pattern}
         if validation_dir is not None:
             data_files["validation"] = _local_builder(validation_dir)[1]
+        if builder == "imagefolder" and all(pattern.endswith(os.sep + "**") for pattern in data_files.values()):
+            # A streamed image folder is one shard in `datasets` (its file list is not split), so a second worker or
+            # process would get nothing: its table of file paths (the images stay files) is streamed in shards.
+            raw, name = load_raw_splits(train_dir=train_dir, validation_dir=validation_dir, cache_dir=cache_dir)
+            return _sharded(raw), name
         return load_dataset(builder, data_files=data_files, streaming=True, cache_dir=cache_dir), builder
     if dataset_name in (None, DIGITS_DATASET_NAME, FASHION_MNIST_DATASET_NAME) or data_dir is not None:
         raw, name = load_raw_splits(dataset_name, data_dir=data_dir)
-        return datasets.IterableDatasetDict(
-            {split: raw[split].to_iterable_dataset(num_shards=STREAM_SHARDS) for split in raw}
-        ), name
+        return _sharded(raw), name
     return load_dataset(dataset_name, dataset_config_name, streaming=True, cache_dir=cache_dir), dataset_name
+
+
+def _sharded(raw: datasets.DatasetDict) -> datasets.IterableDatasetDict:
+    """Each split as an `IterableDataset` of `STREAM_SHARDS` shards (fewer for a split of fewer rows)."""
+    return datasets.IterableDatasetDict(
+        {split: raw[split].to_iterable_dataset(num_shards=max(1, min(STREAM_SHARDS, len(raw[split])))) for split in raw}
+    )
 
 
 def _column(features: datasets.Features | None, requested: str | None, candidates: tuple, role: str) -> str:

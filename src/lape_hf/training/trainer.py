@@ -152,6 +152,8 @@ class LapeTrainer(Trainer):
             pin_memory=args.dataloader_pin_memory,
             prefetch_factor=args.dataloader_prefetch_factor,
             persistent_workers=args.dataloader_persistent_workers,
+            multiprocessing_context=args.dataloader_multiprocessing_context,
+            in_order=args.dataloader_in_order,
             snapshot_every_n_steps=checkpoint_interval_batches(args),
         )
         if self._stream_resume_state is not None:
