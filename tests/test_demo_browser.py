@@ -24,6 +24,8 @@ from hub_helpers import save_tiny_checkpoint
 from PIL import Image
 from transformers import pipeline
 
+from lape_hf.demo.core import example_images
+
 pytestmark = pytest.mark.slow
 
 pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
@@ -137,6 +139,14 @@ def test_an_uploaded_image_shows_the_label_the_pipeline_gives(
     assert [shown_label(browser, 0), shown_label(browser, 1)] == expected
 
 
+def test_picking_an_example_shows_its_label(browser, models: tuple[Path, Path]) -> None:
+    path, true_label = example_images()[0]
+    expected = pipeline("image-classification", model=str(models[0]))(str(path))[0]["label"]
+    button = next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text == f"true label: {true_label}")
+    button.click()
+    WebDriverWait(browser, EVENT_TIMEOUT).until(lambda d: shown_label(d, 0) == expected)
+
+
 def test_a_file_that_is_not_an_image_or_too_large_is_a_message_and_the_page_keeps_working(
     browser, models: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -175,6 +185,12 @@ def test_clicking_a_patch_redraws_the_maps_for_that_patch(browser, tmp_path: Pat
         lambda d: d.find_element(By.CSS_SELECTOR, "#pe-figure img").get_attribute("src") != before
     )
     browser.save_screenshot(str(tmp_path / "position_embedding_patch_0_0.png"))
+    all_layers = browser.find_element(By.CSS_SELECTOR, "#pe-figure img").get_attribute("src")
+    browser.find_element(By.CSS_SELECTOR, "#all-layers input[type=checkbox]").click()  # one layer: the slider's
+    WebDriverWait(browser, EVENT_TIMEOUT).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#pe-figure img").get_attribute("src") != all_layers
+    )
+    browser.save_screenshot(str(tmp_path / "position_embedding_one_layer.png"))
     chosen = [
         browser.find_element(By.CSS_SELECTOR, f"#patch-{name} input").get_attribute("value")
         for name in ("row", "column")

@@ -119,7 +119,7 @@ def _pe_tab(models: Sequence[DemoModel]) -> None:
                 column_input = gr.Number(
                     column, precision=0, minimum=0, maximum=grid[1] - 1, label="Column", elem_id="patch-column"
                 )
-            all_layers = gr.Checkbox(True, label="All layers in a row")
+            all_layers = gr.Checkbox(True, label="All layers in a row", elem_id="all-layers")
             layer = gr.Slider(1, layers, value=layers, step=1, label="Layer (when not all)")
         with gr.Column(scale=3):
             figure = gr.Image(
