@@ -103,9 +103,15 @@ def test_an_image_above_the_pixel_limit_is_refused_before_decoding(lape_and_add,
         classify(lape_and_add[0], huge)
 
 
-def test_a_model_path_that_does_not_load_is_a_one_line_error(tmp_path: Path):
-    with pytest.raises(ValueError, match="cannot load the model") as caught:
+def test_a_model_path_that_does_not_exist_is_a_one_line_error(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"cannot load the model '.*missing': no such directory") as caught:
         load_demo_model(str(tmp_path / "missing"))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_directory_that_is_not_a_model_is_a_one_line_error(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"cannot load the model") as caught:
+        load_demo_model(str(tmp_path))
     assert "\n" not in str(caught.value)
 
 

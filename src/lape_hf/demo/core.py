@@ -71,12 +71,19 @@ def load_demo_model(name: str) -> DemoModel:
 
     A path or id that does not load is a one-line `ValueError` (from `lape_hf.predict.load_classifier`).
     """
-    classifier = load_classifier(name)
+    if _is_path(name) and not Path(name).expanduser().exists():  # transformers would complain about a bad Hub id
+        raise ValueError(f"cannot load the model {name!r}: no such directory (give a model directory or a Hub id).")
+    classifier = load_classifier(str(Path(name).expanduser()) if _is_path(name) else name)
     try:
         maps = position_embedding_maps(classifier.model, name)
     except PositionEmbeddingAnalysisError as error:
         return DemoModel(name, classifier, None, str(error))
     return DemoModel(name, classifier, maps)
+
+
+def _is_path(name: str) -> bool:
+    """A local path rather than a Hub id ('namespace/name' has one slash and starts with neither '/', '.' nor '~')."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1
 
 
 def load_demo_models(names: Sequence[str]) -> list[DemoModel]:
