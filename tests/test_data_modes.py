@@ -193,6 +193,22 @@ def test_a_batch_whose_every_image_is_skipped_is_an_error_naming_them():
     assert errors.skipped == 3
 
 
+def test_a_stream_whose_every_image_is_skipped_stops_instead_of_reading_for_ever():
+    from lape_hf.training.streaming import ResumableStream
+
+    split = encoded_split([natural_like(seed) for seed in range(3)], [0, 1, 0], corrupt_rows=(0, 1, 2))
+    stream = ResumableStream(
+        split.cast_column("image", Image(decode=False)).to_iterable_dataset(num_shards=3),
+        buffer_size=2,
+        seed=0,
+        rank=0,
+        transform=lambda image: image,
+        errors=DecodeErrors(True, "train"),
+    )
+    with pytest.raises(ValueError, match=r"None of the 3 images of a pass .* split 'train' can be decoded"):
+        next(iter(stream))
+
+
 def test_a_run_on_the_fly_records_its_mode_and_resumes_to_the_uninterrupted_run(pattern_folders, tmp_path):
     """As the prepared path's resume test: stop after 3 of 8 steps, resume with a dataloader worker; on the fly,
     the datasets cache aside, nothing but the model and its checkpoints is written."""

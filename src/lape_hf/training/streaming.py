@@ -142,12 +142,13 @@ def _decoded(stream: IterableDataset, **decode_arguments: Any) -> IterableDatase
 @dataclasses.dataclass
 class _Reader:
     """Where one reader (a dataloader worker of one process) is: its pass, its shuffle buffer of still-encoded
-    examples (each with its augmentation key), the buffer's RNG and how many examples it has read this pass."""
+    examples (each with its position in the pass), the buffer's RNG, how many examples it has read and yielded."""
 
     pass_index: int
     buffer: list[tuple[int, dict]]  # (position in this pass, example)
     rng: np.random.Generator
     read: int = 0
+    yielded: int = 0
 
     def state_dict(self, source: IterableDataset) -> dict[str, Any]:
         return {
@@ -155,6 +156,7 @@ class _Reader:
             "buffer": list(self.buffer),
             "rng": self.rng.bit_generator.state,
             "read": self.read,
+            "yielded": self.yielded,
             "source": source.state_dict(),
         }
 
@@ -214,7 +216,7 @@ class ResumableStream(torch.utils.data.IterableDataset):
         self.source.load_state_dict(state["source"])
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
-        return _Reader(pass_index, list(state["buffer"]), rng, state["read"])
+        return _Reader(pass_index, list(state["buffer"]), rng, state["read"], state["yielded"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -229,22 +231,28 @@ class ResumableStream(torch.utils.data.IterableDataset):
                     continue
                 slot = int(reader.rng.integers(len(reader.buffer)))
                 chosen, reader.buffer[slot] = reader.buffer[slot], (reader.read - 1, example)
-                yield from self._decode(reader.pass_index, worker, *chosen)
+                yield from self._decode(reader, worker, *chosen)
             while reader.buffer:
                 slot = int(reader.rng.integers(len(reader.buffer)))
                 reader.buffer[slot], reader.buffer[-1] = reader.buffer[-1], reader.buffer[slot]
-                yield from self._decode(reader.pass_index, worker, *reader.buffer.pop())
+                yield from self._decode(reader, worker, *reader.buffer.pop())
             if reader.read == 0:  # this worker has no shard of the stream
                 return
+            if reader.yielded == 0:  # passes of skipped images only would go on for ever
+                raise ValueError(
+                    f"None of the {reader.read} images of a pass over this reader's part of split "
+                    f"{self.errors.split_name!r} can be decoded (all skipped by --skip_corrupt_images)."
+                )
             pass_index = reader.pass_index + 1
 
-    def _decode(self, pass_index: int, worker: int, position: int, example: dict) -> Iterator[dict[str, Any]]:
+    def _decode(self, reader: _Reader, worker: int, position: int, example: dict) -> Iterator[dict[str, Any]]:
         """The example read at `position` of this worker's pass decoded (the one rule) and augmented from the original
         image; nothing for a corrupt image that is skipped."""
-        key = batch_seed(self.seed, pass_index, [self.rank, worker, position])
+        key = batch_seed(self.seed, reader.pass_index, [self.rank, worker, position])
         where = _where(example["image"], position)
         images, _ = decode_batch([example["image"]], [where], self.errors)
         for pixels in transform_seeded(self.transform, images, key):
+            reader.yielded += 1
             yield {"pixel_values": pixels, "labels": example["label"], "augmentation_seed": key}
 
 

@@ -211,8 +211,8 @@ def check_fsdp_is_running(distributed_type: DistributedType, fsdp_argument: Any)
         where = "the accelerate config (ACCELERATE_USE_FSDP=true)" if from_env else "--fsdp"
         raise ValueError(
             f"FSDP was requested by {where} but accelerate set up {distributed_type.value}, not FSDP: it would train "
-            "without sharding. FSDP needs GPUs here (accelerate turns it on only for GPUs and other accelerators); on CPU "
-            "launch without the FSDP config (plain data parallelism)."
+            "without sharding. FSDP needs GPUs here (accelerate turns it on only for GPUs and other accelerators); "
+            "on CPU launch without the FSDP config (plain data parallelism)."
         )
 
 
