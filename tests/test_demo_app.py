@@ -268,6 +268,7 @@ def test_the_script_refuses_a_port_out_of_range(capsys):
     assert "--port=70000 is not a port number" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: about 15 s on a busy machine
 def test_importing_the_package_and_the_demo_functions_does_not_import_gradio():
     code = "import sys, lape_hf, lape_hf.demo, lape_hf.demo.core; print('gradio' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
