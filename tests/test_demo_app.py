@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
@@ -107,6 +109,73 @@ def test_a_model_path_that_does_not_exist_is_a_one_line_error(tmp_path: Path):
     with pytest.raises(ValueError, match=r"cannot load the model '.*missing': no such directory") as caught:
         load_demo_model(str(tmp_path / "missing"))
     assert "\n" not in str(caught.value)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any request to the Hub or any model load fails the test: the decision must be made without them."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network or a model load was attempted")
+
+    monkeypatch.setattr(core.HfApi, "model_info", refuse)
+    monkeypatch.setattr(core, "load_classifier", refuse)
+
+
+@pytest.mark.parametrize("name", ["outputs/missing", "outputs", "./mymodel", "two/slashes/here", "not a repo id!"])
+def test_a_missing_relative_path_is_a_missing_directory_without_asking_the_hub(
+    name: str, no_network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    if name == "outputs":  # exists: a directory, loaded locally (here: no model in it, so load_classifier is asked)
+        assert core.resolve_model(name) == "outputs"
+        return
+    with pytest.raises(ValueError, match=r"cannot load the model .*: no such directory \(give") as caught:
+        load_demo_model(name)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_bare_name_with_hf_hub_offline_and_no_cache_fails_at_once(
+    no_network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(ValueError, match=r"'mymodel': no such directory, and HF_HUB_OFFLINE is set") as caught:
+        load_demo_model("mymodel")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_hub_id_when_the_hub_cannot_be_reached_fails_after_one_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    requests = []
+
+    def unreachable(self, repo_id, **kwargs):
+        requests.append(repo_id)
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(core.HfApi, "model_info", unreachable)
+    monkeypatch.setattr(core, "load_classifier", lambda *a, **k: pytest.fail("transformers would retry the Hub"))
+    with pytest.raises(ValueError, match=r"'org/mymodel': .*the Hub cannot be reached \(ConnectError") as caught:
+        load_demo_model("org/mymodel")
+    assert requests == ["org/mymodel"] and "\n" not in str(caught.value)
+
+
+def test_a_cached_hub_id_loads_from_the_cache_when_offline(model_dirs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cache = tmp_path / "hub_cache"
+    files = prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE).repository_files()
+    install_in_hub_cache(files, "org/lape-tiny", cache)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(core.HfApi, "model_info", lambda *a, **k: pytest.fail("offline: the Hub must not be asked"))
+    resolved = Path(core.resolve_model("org/lape-tiny"))
+    assert resolved.is_relative_to(cache) and (resolved / "config.json").is_file()
 
 
 def test_a_directory_that_is_not_a_model_is_a_one_line_error(tmp_path: Path):

@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import PIL.Image
+from huggingface_hub import HfApi, is_offline_mode, snapshot_download
+from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.utils import validate_repo_id
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from transformers import ImageClassificationPipeline
@@ -29,6 +33,7 @@ from ..analysis import (
     plot_patch_maps,
     position_embedding_maps,
 )
+from ..cli import one_line
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
 from ..predict import load_classifier
 
@@ -46,6 +51,8 @@ PATCH_GRID_PIXELS = 280
 # The analysis sizes its figure by the number of panels; with one or a few layers the titles (model names, the
 # patch) would be cut off, so the page's figure is at least this wide (inches).
 MIN_FIGURE_WIDTH_INCHES = 7.5
+# Seconds the one request that asks the Hub whether a model id exists may take.
+HUB_PROBE_TIMEOUT = 10
 
 
 class DemoInputError(ValueError):
@@ -71,9 +78,7 @@ def load_demo_model(name: str) -> DemoModel:
 
     A path or id that does not load is a one-line `ValueError` (from `lape_hf.predict.load_classifier`).
     """
-    if _is_path(name) and not Path(name).expanduser().exists():  # transformers would complain about a bad Hub id
-        raise ValueError(f"cannot load the model {name!r}: no such directory (give a model directory or a Hub id).")
-    classifier = load_classifier(str(Path(name).expanduser()) if _is_path(name) else name)
+    classifier = load_classifier(resolve_model(name))
     try:
         maps = position_embedding_maps(classifier.model, name)
     except PositionEmbeddingAnalysisError as error:
@@ -81,9 +86,62 @@ def load_demo_model(name: str) -> DemoModel:
     return DemoModel(name, classifier, maps)
 
 
-def _is_path(name: str) -> bool:
-    """A local path rather than a Hub id ('namespace/name' has one slash and starts with neither '/', '.' nor '~')."""
-    return name.startswith(("/", ".", "~")) or name.count("/") > 1
+def resolve_model(name: str) -> str:
+    """The directory or Hub id to load `name` from, decided without retrying the network.
+
+    An existing path is local. A name that cannot be a Hub id, or whose first component exists here ('outputs/missing'
+    when outputs/ exists), is a missing directory. Anything else is a Hub id: with HF_HUB_OFFLINE set it is taken from
+    the local Hub cache, otherwise one request asks the Hub (transformers would retry an unreachable Hub for ~50 s);
+    an unreachable Hub falls back to the cache. Each failure is a one-line `ValueError`.
+    """
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if _is_local_name(name):
+        raise ValueError(f"cannot load the model {name!r}: no such directory (give a model directory or a Hub id).")
+    cached = _cached_snapshot(name)
+    if is_offline_mode():
+        if cached is None:
+            raise ValueError(
+                f"cannot load the model {name!r}: no such directory, and HF_HUB_OFFLINE is set and the Hub id is not "
+                "in the local Hub cache."
+            )
+        return cached
+    try:
+        HfApi().model_info(name, timeout=HUB_PROBE_TIMEOUT)
+    except RepositoryNotFoundError:
+        raise ValueError(
+            f"cannot load the model {name!r}: no such directory, and no such model on the Hub "
+            "(a private or gated one needs HF_TOKEN)."
+        ) from None
+    except (httpx.HTTPError, OSError) as error:  # no network, a timeout, a server error
+        if cached is not None:
+            return cached
+        raise ValueError(
+            f"cannot load the model {name!r}: no such directory, and the Hub cannot be reached "
+            f"({type(error).__name__}: {one_line(error)}) nor is the id in the local Hub cache."
+        ) from None
+    return name
+
+
+def _is_local_name(name: str) -> bool:
+    """A name meant as a local path: absolute, relative, home-based, starting at a folder that exists here, or not a
+    valid 'namespace/name' Hub id."""
+    if name.startswith(("/", ".", "~")) or Path(Path(name).parts[0]).exists() or name.count("/") > 1:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    """The model's folder in the local Hub cache, or None (no network is used)."""
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
 
 
 def load_demo_models(names: Sequence[str]) -> list[DemoModel]:
@@ -280,4 +338,5 @@ __all__ = [
     "patch_grid_image",
     "pe_figure",
     "pe_summary",
+    "resolve_model",
 ]
