@@ -14,6 +14,9 @@ and is never printed. `--dry_run` prints the files and the card and uploads noth
 
 `--space my-org/lape-vit-digits-demo` also publishes the model's demo page as a Gradio Space (the card links to it;
 `--space_compare OTHER_ID` shows another published model beside it); the dry run prints its files and card too.
+The Space loads the models' main branch, so `--revision` with `--space` is refused; with `--private` the Space needs an
+HF_TOKEN secret to load the model (a warning says so). The model is uploaded first: if the Space then fails, the
+message says that the model is published and the Space is not.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import lape_hf  # noqa: F401  (registers LapeViT with the Auto classes)
 from lape_hf.cli import one_line, parse_args, script
 from lape_hf.hub import PublishError, prepare_upload, upload
 from lape_hf.hub.model_card import CardSource
-from lape_hf.hub.space import prepare_space, upload_space
+from lape_hf.hub.space import prepare_space, private_model_warning, upload_space
 
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
 
@@ -57,6 +60,11 @@ class PushArguments:
             raise ValueError("--repo_id is required: the Hub repository, 'namespace/name'.")
         if self.space_compare and self.space is None:
             raise ValueError("--space_compare needs --space (the Space that shows the models side by side).")
+        if self.space is not None and self.revision not in (None, "main"):
+            raise ValueError(
+                f"--revision={self.revision!r} with --space: the Space loads the models' main branch; publish the "
+                "Space from an upload to main, or leave out --space."
+            )
 
 
 @script
@@ -70,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.space is not None:
         license = source.license if source else CardSource.license
         space_plan = prepare_space(args.space, [args.repo_id, *args.space_compare], license=license)
+    if space_plan is not None and args.private:
+        print(private_model_warning(args.repo_id), file=sys.stderr)
     if args.dry_run:
         print(plan.describe())
         print(f"\n--- README.md (model card) ---\n{plan.card}")
@@ -79,13 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         commit = upload(plan, private=args.private, revision=args.revision, commit_message=args.commit_message)
-        print(f"Published {len(plan.repository_files())} files to {commit.commit_url}")
-        if space_plan is not None:
-            commit = upload_space(space_plan, private=args.private)
-            print(f"Published the demo Space ({len(space_plan.files)} files) to {commit.commit_url}")
     except PublishError as error:  # the Hub or the network, not the command line: exit status 1
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        not_tried = f" The Space {args.space} was not attempted." if space_plan is not None else ""
+        print(f"error: {one_line(error)}{not_tried}", file=sys.stderr)
         return 1
+    print(f"Published {len(plan.repository_files())} files to {commit.commit_url}")
+    if space_plan is None:
+        return 0
+    try:
+        space_commit = upload_space(space_plan, private=args.private)
+    except PublishError as error:
+        print(
+            f"error: the model {args.repo_id} is published ({commit.commit_url}) but its Space is not: "
+            f"{one_line(error)} Run the same command again to retry (it commits the model again, then the Space).",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"Published the demo Space ({len(space_plan.files)} files) to {space_commit.commit_url}")
     return 0
 
 

@@ -5,27 +5,29 @@ The page itself in Chromium is tests/test_demo_browser.py (slow)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import huggingface_hub
 import numpy as np
 import PIL.Image
 import pytest
-import tomllib
 import torch
 from hub_helpers import TEMPLATE, save_tiny_checkpoint
 from huggingface_hub import SpaceCard
+from huggingface_hub.errors import HfHubHTTPError
 from packaging.requirements import Requirement
 from script_loader import load_script
 from transformers import pipeline
 
 from lape_hf.analysis import layer_position_embeddings
-from lape_hf.demo import core
+from lape_hf.demo import DEMO_EXTRA_MISSING, core
 from lape_hf.demo.core import (
     DemoInputError,
     checked_patch,
@@ -39,8 +41,8 @@ from lape_hf.demo.core import (
     pe_figure,
     pe_summary,
 )
-from lape_hf.hub import install_in_hub_cache, prepare_upload
-from lape_hf.hub.space import SpacePlan, prepare_space
+from lape_hf.hub import install_in_hub_cache, prepare_upload, publish, space
+from lape_hf.hub.space import SpacePlan, package_files, prepare_space, runtime_requirements
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +315,7 @@ def test_each_fashion_mnist_example_is_the_test_image_its_name_says_with_its_lab
 # The page and the script
 # ---------------------------------------------------------------------------------------------------------------------
 def test_the_page_builds_with_analytics_off_and_both_tabs(lape_and_add):
-    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
     from lape_hf.demo.app import build_demo
 
     demo = build_demo(lape_and_add)
@@ -323,7 +325,7 @@ def test_the_page_builds_with_analytics_off_and_both_tabs(lape_and_add):
 
 
 def test_the_script_reports_a_model_that_does_not_load_in_one_line(tmp_path: Path, capsys):
-    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
     status = load_script("demo_app").main(["--model", str(tmp_path / "missing"), "--port", "7999"])
     error = capsys.readouterr().err
     assert status == 2
@@ -356,25 +358,123 @@ def write_space(plan: SpacePlan, folder: Path) -> Path:
 
 
 def test_the_space_card_names_the_sdk_the_gradio_version_and_the_models(tmp_path: Path):
-    gradio = pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    gradio = pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
     plan = prepare_space("org/lape-demo", ["org/lape-tiny", "org/add-tiny"])
     card = SpaceCard.load(write_space(plan, tmp_path) / "README.md")
     assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
     assert card.data.models == ["org/lape-tiny", "org/add-tiny"]
     assert "compared with [org/add-tiny](https://huggingface.co/org/add-tiny)" in card.text
+    assert "A private model loads only when this Space\nhas an `HF_TOKEN` secret" in card.text
 
 
 def test_the_space_holds_the_app_the_package_and_its_runtime_requirements(tmp_path: Path):
-    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
+    toml = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
     plan = prepare_space("org/lape-demo", ["org/lape-tiny"])
     with (Path(__file__).resolve().parent.parent / "pyproject.toml").open("rb") as stream:
-        dependencies = tomllib.load(stream)["project"]["dependencies"]
+        dependencies = toml.load(stream)["project"]["dependencies"]
     listed = [line for line in plan.files["requirements.txt"].decode().splitlines() if not line.startswith("#")]
     assert sorted(Requirement(line).name for line in listed) == sorted(Requirement(d).name for d in dependencies)
     names = set(plan.files)
     assert {"app.py", "README.md", "lape_hf/__init__.py", "lape_hf/demo/core.py", "lape_hf/demo/app.py"} <= names
     assert {f"lape_hf/demo/examples/{path.name}" for path, _ in example_images()} <= names
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+
+
+def fake_project(root: Path, dependencies: list[str], package_data: list[str]) -> Path:
+    """A source checkout: pyproject.toml beside src/lape_hf (returned: the project file). JSON arrays are TOML."""
+    project_file = root / "pyproject.toml"
+    project_file.write_text(
+        f'[project]\nname = "lape_hf"\ndependencies = {json.dumps(dependencies)}\n'
+        f"[tool.setuptools.package-data]\nlape_hf = {json.dumps(package_data)}\n"
+    )
+    return project_file
+
+
+def test_the_space_requirements_are_the_checkouts_dependencies_with_their_markers(tmp_path: Path):
+    dependencies = ["torch>=2.4", 'tomli>=2.0; python_version < "3.11"', 'pywin32; sys_platform == "win32"']
+    project_file = fake_project(tmp_path, dependencies, [])
+    assert runtime_requirements(project_file) == [str(Requirement(line)) for line in dependencies]
+
+
+def test_without_a_checkout_the_requirements_are_the_metadatas_without_its_extras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    metadata = ["torch>=2.4", 'tomli>=2.0; python_version < "3.11"', 'gradio>=6.0; extra == "demo"']
+    monkeypatch.setattr(space.importlib.metadata, "requires", lambda name: metadata if name == "lape_hf" else None)
+    assert runtime_requirements(tmp_path / "no_pyproject.toml") == ["torch>=2.4", 'tomli>=2.0; python_version < "3.11"']
+
+
+def test_the_space_copy_of_the_package_holds_only_python_files_and_package_data(tmp_path: Path):
+    package = tmp_path / "src" / "lape_hf"
+    wanted = ["__init__.py", "demo/core.py", "demo/examples/a_label-3.png", "hub/publish.py"]
+    strays = ["notes.txt", "demo/examples/scratch.jpg", "__pycache__/core.cpython-311.pyc", "hub/space_template/app.py"]
+    for name in [*wanted, *strays]:
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(name)
+    project_file = fake_project(tmp_path, [], ["demo/examples/*.png", "hub/space_template/*"])
+    assert sorted(package_files(package, project_file)) == sorted(f"lape_hf/{name}" for name in wanted)
+
+
+class SpaceFailingHubApi:
+    """Stands in for `HfApi`: model commits succeed, a commit to a Space is refused; every call is recorded."""
+
+    calls: list[tuple[str, str]] = []
+
+    def create_repo(self, repo_id: str, **kwargs) -> None:
+        self.calls.append(("create_repo", repo_id))
+
+    def create_commit(self, repo_id: str, operations, **kwargs):
+        self.calls.append(("create_commit", repo_id))
+        if kwargs["repo_type"] == "space":
+            raise HfHubHTTPError("403 Forbidden", response=SimpleNamespace(headers={}, request=None))
+        return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/0123abcd")
+
+
+@pytest.fixture
+def space_failing_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every `HfApi()` is a `SpaceFailingHubApi` and a token is set; returns the recorded calls."""
+    monkeypatch.setattr(publish, "HfApi", SpaceFailingHubApi)
+    monkeypatch.setattr(SpaceFailingHubApi, "calls", [])
+    monkeypatch.setenv("HF_TOKEN", "hf_fake")
+    return SpaceFailingHubApi.calls
+
+
+def test_a_failed_space_upload_says_the_model_is_published_and_the_space_is_not(
+    model_dirs: dict[str, Path], space_failing_hub, capsys
+):
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
+    arguments = [str(model_dirs["lape"]), "--repo_id", "org/lape-tiny", "--space", "org/lape-tiny-demo"]
+    status = load_script("push_to_hub").main(arguments)
+    output = capsys.readouterr()
+    assert status == 1
+    assert "Published 6 files to https://huggingface.co/org/lape-tiny/commit/0123abcd" in output.out
+    [error] = [line for line in output.err.splitlines() if line.startswith("error:")]  # after the loading progress bar
+    assert error.startswith(
+        "error: the model org/lape-tiny is published (https://huggingface.co/org/lape-tiny/commit/0123abcd) but its "
+        "Space is not: Upload to the Space org/lape-tiny-demo failed while trying to commit the files: HfHubHTTPError"
+    )
+    assert space_failing_hub[-1] == ("create_commit", "org/lape-tiny-demo")
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_private_model_with_a_space_is_warned_about_the_token_the_space_needs(
+    dry_run: bool, model_dirs: dict[str, Path], space_failing_hub, capsys
+):
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
+    arguments = [str(model_dirs["lape"]), "--repo_id", "org/lape-tiny", "--space", "org/demo", "--private"]
+    load_script("push_to_hub").main(arguments + (["--dry_run"] if dry_run else []))
+    warning = "warning: org/lape-tiny is private: the Space can load it only with an HF_TOKEN secret"
+    assert any(line.startswith(warning) for line in capsys.readouterr().err.splitlines())
+    assert bool(space_failing_hub) is not dry_run
+
+
+def test_a_revision_with_a_space_is_refused(model_dirs: dict[str, Path], capsys):
+    arguments = [str(model_dirs["lape"]), "--repo_id", "org/lape-tiny", "--space", "org/demo", "--revision", "v2"]
+    with pytest.raises(SystemExit) as caught:
+        load_script("push_to_hub").main([*arguments, "--dry_run"])
+    assert caught.value.code == 2
+    assert "--revision='v2' with --space: the Space loads the models' main branch" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("space_id", ["not a repo id", "just-a-name"])
@@ -393,7 +493,7 @@ def test_the_model_card_links_to_its_space_only_when_one_is_given(model_dirs: di
 
 
 def test_the_push_script_dry_run_prints_the_space_and_uploads_nothing(model_dirs: dict[str, Path], capsys):
-    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
     arguments = ["--model", str(model_dirs["lape"]), "--repo_id", "org/lape-tiny", "--space", "org/lape-tiny-demo"]
     status = load_script("push_to_hub").main([*arguments, "--space_compare", "org/add-tiny", "--dry_run"])
     output = capsys.readouterr().out
@@ -406,7 +506,7 @@ def test_the_push_script_dry_run_prints_the_space_and_uploads_nothing(model_dirs
 def test_the_rendered_space_classifies_with_its_own_copy_of_the_package(model_dirs: dict[str, Path], tmp_path: Path):
     """The Space folder as the Hub would run it: its app.py imports the copied lape_hf and loads the models named in
     its card by Hub id (from an offline Hub cache here)."""
-    pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
     cache = tmp_path / "hub_cache"
     install_in_hub_cache(
         prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE).repository_files(),

@@ -4,6 +4,6 @@
 is imported only when it is served (`pip install -e ".[demo]"`, then `python scripts/demo_app.py --model DIR`).
 """
 
-from .core import DemoInputError, DemoModel, classify, load_demo_models, pe_figure
+from .core import DEMO_EXTRA_MISSING, DemoInputError, DemoModel, classify, load_demo_models, pe_figure
 
-__all__ = ["DemoInputError", "DemoModel", "classify", "load_demo_models", "pe_figure"]
+__all__ = ["DEMO_EXTRA_MISSING", "DemoInputError", "DemoModel", "classify", "load_demo_models", "pe_figure"]

@@ -40,6 +40,8 @@ from ..predict import load_classifier
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # "<source>_label-<true label>.png": the true label of a shipped example is in its file name.
 EXAMPLE_LABEL = re.compile(r"_label-(?P<label>[^.]+)\.png$")
+# Why the page cannot be served or tested: Gradio (the demo extra) is missing.
+DEMO_EXTRA_MISSING = "the demo extra is not installed: pip install -e '.[demo]'"
 # An upload larger than this many pixels is refused before it is decoded (a 48-megapixel phone photo still passes);
 # PIL's own decompression-bomb limit is higher and would spend the memory first.
 MAX_IMAGE_PIXELS = 50_000_000
@@ -319,6 +321,7 @@ def pe_summary(models: Sequence[DemoModel]) -> str:
 
 __all__ = [
     "DEFAULT_TOP_K",
+    "DEMO_EXTRA_MISSING",
     "EXAMPLES_DIR",
     "MAX_IMAGE_PIXELS",
     "MAX_UPLOAD_SIZE",

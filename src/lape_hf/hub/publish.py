@@ -355,7 +355,7 @@ class UploadPlan:
         for name, source in self.repository_files().items():
             size = len(source) if isinstance(source, bytes) else source.stat().st_size
             note = "  (rendered model card)" if name == CARD_FILE else ""
-            lines.append(f"  {name:<40} {_human_size(size):>10}{note}")
+            lines.append(f"  {name:<40} {human_size(size):>10}{note}")
         if self.model.skipped:
             lines.append("Not uploaded:")
             lines += [f"  {name:<40} {reason}" for name, reason in self.model.skipped]
@@ -364,7 +364,7 @@ class UploadPlan:
         return "\n".join(lines)
 
 
-def _human_size(size: int) -> str:
+def human_size(size: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -425,16 +425,9 @@ def upload(
     `private` applies when the repository is created; an existing repository keeps its visibility. `api` defaults to
     `HfApi()`, which takes the token from HF_TOKEN or the stored login; without either, nothing is attempted.
     """
-    if api is None:
-        if get_token() is None:
-            raise PublishError(
-                "No Hugging Face token: set the HF_TOKEN environment variable or run `hf auth login`, then retry."
-            )
-        api = HfApi()
+    api = authenticated_api(api)
     message = commit_message or f"Upload {plan.repo_id.split('/')[-1]} (LapeViT, pe_join={plan.model.config.pe_join})"
     step = "create the repository"
-    # The transport's exception types differ between huggingface_hub versions; every failure of these remote calls
-    # is reported the same way, with its cause chained.
     try:
         api.create_repo(plan.repo_id, repo_type="model", private=private, exist_ok=True)
         if revision is not None and revision != "main":
@@ -449,10 +442,27 @@ def upload(
             revision=revision,
         )
     except Exception as error:
+        raise upload_failure(plan.repo_id, step, error) from error
+
+
+def authenticated_api(api: HfApi | None = None) -> HfApi:
+    """`api`, or an `HfApi()` that finds a token (HF_TOKEN or the stored login); without a token nothing is tried."""
+    if api is not None:
+        return api
+    if get_token() is None:
         raise PublishError(
-            f"Upload to {plan.repo_id} failed while trying to {step}: {type(error).__name__}: {error}. "
-            "The files are sent as one commit, so none of them was published."
-        ) from error
+            "No Hugging Face token: set the HF_TOKEN environment variable or run `hf auth login`, then retry."
+        )
+    return HfApi()
+
+
+def upload_failure(repo_id: str, step: str, error: Exception) -> PublishError:
+    """The one report of a failed remote call of an upload. The transport's exception types differ between
+    huggingface_hub versions, so every failure is reported alike, naming the step (the caller chains the cause)."""
+    return PublishError(
+        f"Upload to {repo_id} failed while trying to {step}: {type(error).__name__}: {error}. "
+        "The files are sent as one commit, so none of them was published."
+    )
 
 
 __all__ = [
@@ -460,8 +470,11 @@ __all__ = [
     "ModelDirectoryError",
     "PublishError",
     "UploadPlan",
+    "authenticated_api",
     "check_model_directory",
     "check_repo_id",
+    "human_size",
     "prepare_upload",
     "upload",
+    "upload_failure",
 ]

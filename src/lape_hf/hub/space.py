@@ -9,21 +9,35 @@ models) and a copy of the `lape_hf` package itself, so the Space runs without th
 from __future__ import annotations
 
 import importlib.metadata
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData, get_token
+from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, SpaceCard, SpaceCardData
 from packaging.requirements import Requirement
 
-from .publish import PublishError, _human_size, check_repo_id
+from ..demo import DEMO_EXTRA_MISSING
+from .publish import authenticated_api, check_repo_id, human_size, upload_failure
 
 SPACE_TEMPLATE_DIR = Path(__file__).resolve().parent / "space_template"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/lape_hf, copied into the Space as lape_hf/
+# In a source checkout (an editable install) the project file beside src/ is the one home of the dependencies and the
+# package-data patterns; the installed metadata may predate an edit of it.
+PROJECT_FILE = PACKAGE_DIR.parent.parent / "pyproject.toml"
 SPACE_SDK = "gradio"
-# What the copy of the package leaves out: compiled caches, and the template the Space was rendered from.
+# The template the Space was rendered from stays out of the Space's copy of the package.
 PACKAGE_EXCLUDED_PARTS = ("__pycache__", "space_template")
-PACKAGE_EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+
+
+def private_model_warning(model_id: str) -> str:
+    """What a Space needs to load a private model (said by the push script; the Space card says it too)."""
+    return (
+        f"warning: {model_id} is private: the Space can load it only with an HF_TOKEN secret that can read it "
+        "(the Space's Settings -> Variables and secrets)."
+    )
 
 
 def gradio_version() -> str:
@@ -31,23 +45,66 @@ def gradio_version() -> str:
     try:
         return importlib.metadata.version("gradio")
     except importlib.metadata.PackageNotFoundError:
-        raise ValueError("rendering a Space needs Gradio: pip install -e '.[demo]'") from None
+        raise ValueError(f"rendering a Space needs Gradio; {DEMO_EXTRA_MISSING}") from None
 
 
-def runtime_requirements() -> list[str]:
-    """lape_hf's own dependencies (extras left out), as its installed metadata lists them: one home, pyproject."""
-    requirements = [Requirement(line) for line in importlib.metadata.requires("lape_hf") or []]
-    return [str(requirement) for requirement in requirements if requirement.marker is None]
+def source_project(project_file: Path = PROJECT_FILE) -> dict[str, Any] | None:
+    """lape_hf's pyproject.toml when the package runs from a source checkout, else None (an installed wheel).
+
+    It is read with tomllib (Python 3.11+) or tomli on 3.10; on 3.10 without tomli a checkout is refused rather than
+    falling back to installed metadata that may be stale.
+    """
+    if not project_file.is_file():
+        return None
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError(
+                f"reading {project_file} on Python 3.10 needs tomli (pip install tomli), or use Python 3.11+."
+            ) from None
+    with project_file.open("rb") as stream:
+        project = tomllib.load(stream)
+    return project if project.get("project", {}).get("name") == "lape_hf" else None
 
 
-def package_files() -> dict[str, Path]:
-    """Space path -> file, for the copy of the lape_hf package (sources and package data)."""
+def runtime_requirements(project_file: Path = PROJECT_FILE) -> list[str]:
+    """lape_hf's own dependencies, extras left out: pyproject.toml's [project] dependencies in a source checkout,
+    else the installed metadata. Requirements with a platform or Python marker are kept (pip evaluates them)."""
+    project = source_project(project_file)
+    lines = project["project"]["dependencies"] if project else importlib.metadata.requires("lape_hf") or []
+    requirements = [Requirement(line) for line in lines]
+    return [str(requirement) for requirement in requirements if not _needs_an_extra(requirement)]
+
+
+def _needs_an_extra(requirement: Requirement) -> bool:
+    """An optional dependency: its marker names `extra` (as metadata writes `extra == "demo"`)."""
+    return requirement.marker is not None and re.search(r"\bextra\b", str(requirement.marker)) is not None
+
+
+def package_files(package_dir: Path = PACKAGE_DIR, project_file: Path = PROJECT_FILE) -> dict[str, Path]:
+    """Space path -> file, for the copy of the lape_hf package: what a wheel of it holds, nothing else.
+
+    In a source checkout that is every *.py file plus pyproject.toml's package-data patterns (untracked notes, caches
+    and other strays stay out); in an installed package, the files its metadata records.
+    """
+    project = source_project(project_file)
+    if project is not None:
+        patterns = [
+            "**/*.py",
+            *project.get("tool", {}).get("setuptools", {}).get("package-data", {}).get("lape_hf", []),
+        ]
+        found = {path for pattern in patterns for path in package_dir.glob(pattern) if path.is_file()}
+    else:
+        recorded = importlib.metadata.files("lape_hf") or []
+        found = {Path(file.locate()) for file in recorded if file.parts[0] == "lape_hf" and file.suffix != ".pyc"}
     files = {}
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        relative = path.relative_to(PACKAGE_DIR)
-        if path.is_file() and not set(relative.parts) & set(PACKAGE_EXCLUDED_PARTS):
-            if path.suffix not in PACKAGE_EXCLUDED_SUFFIXES:
-                files[f"lape_hf/{relative.as_posix()}"] = path
+    for path in sorted(found):
+        relative = path.relative_to(package_dir)
+        if not set(relative.parts) & set(PACKAGE_EXCLUDED_PARTS):
+            files[f"lape_hf/{relative.as_posix()}"] = path
     return files
 
 
@@ -68,9 +125,9 @@ class SpacePlan:
             if name.startswith("lape_hf/"):
                 package_size += size
             else:
-                lines.append(f"  {name:<40} {_human_size(size):>10}")
+                lines.append(f"  {name:<40} {human_size(size):>10}")
         count = sum(name.startswith("lape_hf/") for name in self.files)
-        lines.append(f"  {'lape_hf/ (' + str(count) + ' files of the package)':<40} {_human_size(package_size):>10}")
+        lines.append(f"  {'lape_hf/ (' + str(count) + ' files of the package)':<40} {human_size(package_size):>10}")
         return "\n".join(lines)
 
     def operations(self) -> list[CommitOperationAdd]:
@@ -122,22 +179,23 @@ def prepare_space(
 
 def upload_space(plan: SpacePlan, *, private: bool = False, api: HfApi | None = None) -> CommitInfo:
     """Create the Space (Gradio SDK) if needed and commit the plan's files in one commit."""
-    if api is None:
-        if get_token() is None:
-            raise PublishError(
-                "No Hugging Face token: set the HF_TOKEN environment variable or run `hf auth login`, then retry."
-            )
-        api = HfApi()
+    api = authenticated_api(api)
+    step = "create the Space"
     try:
         api.create_repo(plan.repo_id, repo_type="space", space_sdk=SPACE_SDK, private=private, exist_ok=True)
+        step = "commit the files"
         return api.create_commit(
             plan.repo_id, plan.operations(), commit_message="Upload the LapeViT demo page", repo_type="space"
         )
-    except Exception as error:  # as in publish.upload: every failure of the remote calls is reported alike
-        raise PublishError(
-            f"Upload of the Space {plan.repo_id} failed: {type(error).__name__}: {error}. "
-            "The files are sent as one commit, so none of them was published."
-        ) from error
+    except Exception as error:  # as in publish.upload
+        raise upload_failure(f"the Space {plan.repo_id}", step, error) from error
 
 
-__all__ = ["SpacePlan", "prepare_space", "upload_space"]
+__all__ = [
+    "SpacePlan",
+    "package_files",
+    "prepare_space",
+    "private_model_warning",
+    "runtime_requirements",
+    "upload_space",
+]
