@@ -22,6 +22,7 @@ import torch
 from hub_helpers import TEMPLATE, save_tiny_checkpoint
 from huggingface_hub import SpaceCard
 from huggingface_hub.errors import HfHubHTTPError
+from matplotlib import colormaps
 from packaging.requirements import Requirement
 from script_loader import load_script
 from transformers import pipeline
@@ -250,17 +251,75 @@ def test_a_click_on_the_grid_image_selects_the_patch_under_it_and_the_grid_marks
     for row in range(grid[0]):
         for column in range(grid[1]):
             assert patch_at(column * cell + cell / 2, row * cell + cell / 2, grid) == (row, column)
-    image = np.asarray(patch_grid_image(lape_and_add, (1, 2), layer=None))
+    image = np.asarray(patch_grid_image(lape_and_add, (1, 2), layer=None, limits=(-1.0, 1.0)))
     assert image.shape == (4 * cell, 4 * cell, 3)
     red = np.all(image == [255, 0, 0], axis=-1)
     rows, columns = np.nonzero(red)
     assert (rows.min(), rows.max(), columns.min(), columns.max()) == (cell, 2 * cell - 1, 2 * cell, 3 * cell - 1)
 
 
+def test_the_grid_is_coloured_on_the_figures_shared_colour_scale(lape_and_add):
+    patch = (1, 2)
+    figure = pe_figure(lape_and_add, patch)
+    low = min(values.min() for values in panels(figure).values())  # independent: the smallest value drawn
+    assert core.colour_limits(figure) == pytest.approx((low, 1.0))
+    _, grid = core.pe_views(lape_and_add, patch)
+    shown = cosine_to_patch(lape_and_add[0].classifier.model, 3, patch)  # the grid shows the last layer
+    assert (
+        shown.min() > low + 1e-3
+    )  # the grid's own minimum differs from the shared one, so the test can tell them apart
+    expected = (colormaps["viridis"]((shown - low) / (1.0 - low))[..., :3] * 255).astype(np.uint8)
+    cell = patch_cell_pixels((4, 4))
+    centres = np.asarray(grid)[cell // 2 :: cell, cell // 2 :: cell]  # the chosen square's red is only its outline
+    np.testing.assert_allclose(centres.astype(int), expected.astype(int), atol=1)
+
+
+def test_a_grid_click_redraws_once_and_the_boxes_redraw_on_user_edits_only(lape_and_add):
+    pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
+    from lape_hf.demo.app import _select_patch, build_demo
+
+    demo = build_demo(lape_and_add)
+    ids = {block.elem_id: block_id for block_id, block in demo.blocks.items() if block.elem_id}
+    events = [
+        (tuple(target), dependency)
+        for dependency in demo.get_config_file()["dependencies"]
+        for target in dependency["targets"]
+    ]
+    on_grid = [dependency for (block, event), dependency in events if block == ids["patch-grid"]]
+    assert len(on_grid) == 1 and not on_grid[0].get("trigger_after")  # one handler, nothing chained after it
+    assert {ids["pe-figure"], ids["patch-row"], ids["patch-column"]} <= set(on_grid[0]["outputs"])
+    box_events = {event for (block, event), _ in events if block in (ids["patch-row"], ids["patch-column"])}
+    assert box_events == {"submit", "blur"}  # not "change", which the click's own update of the boxes fires
+    cell = patch_cell_pixels((4, 4))
+    row, column, figure, grid = _select_patch(lape_and_add, (2 * cell + 1, cell + 1), 3, True)
+    assert (row, column) == (1, 2)
+    expected_figure, expected_grid = core.pe_views(lape_and_add, (1, 2))
+    assert np.array_equal(np.asarray(figure), np.asarray(expected_figure))
+    assert np.array_equal(np.asarray(grid), np.asarray(expected_grid))
+
+
+@pytest.mark.parametrize(
+    ("port", "shown"), [(7999, "127.0.0.1:7999:"), (None, "127.0.0.1:7860-7959 (Gradio's default")]
+)
+def test_a_busy_port_names_the_port_tried(lape_and_add, port, shown, monkeypatch: pytest.MonkeyPatch):
+    gradio = pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
+    from lape_hf.demo import app
+
+    def busy(self, **kwargs):
+        raise OSError("Cannot find empty port in range")
+
+    monkeypatch.setattr(gradio.Blocks, "launch", busy)
+    monkeypatch.setattr(app.http_server, "INITIAL_PORT_VALUE", 7860)
+    monkeypatch.setattr(app.http_server, "TRY_NUM_PORTS", 100)
+    with pytest.raises(ValueError, match=re.escape(f"cannot serve the page on {shown}")) as caught:
+        app.launch_demo(lape_and_add, port=port)
+    assert ":None" not in str(caught.value)
+
+
 def test_a_model_without_position_embedding_says_so_instead_of_a_picture(model_dirs):
     models = load_demo_models([str(model_dirs["none"])])
     assert models[0].maps is None
-    assert pe_figure(models, (0, 0)) is None and patch_grid_image(models, (0, 0), None) is None
+    assert pe_figure(models, (0, 0)) is None and patch_grid_image(models, (0, 0), None, (-1.0, 1.0)) is None
     assert "position_embedding_type='none'" in pe_summary(models)
     with pytest.raises(DemoInputError, match="No model here has a position embedding"):
         checked_patch(models, 0, 0)

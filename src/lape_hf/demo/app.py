@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
+from gradio import http_server
 
 from .core import (
     DEFAULT_TOP_K,
@@ -22,13 +23,11 @@ from .core import (
     classify,
     default_patch,
     example_images,
-    figure_image,
     grid_size,
     num_layers,
     patch_at,
-    patch_grid_image,
-    pe_figure,
     pe_summary,
+    pe_views,
 )
 
 TITLE = "LaPE vision transformer demo"
@@ -54,12 +53,18 @@ def _classify_all(models: Sequence[DemoModel], upload: dict | None, top_k: float
 
 
 def _redraw(models: Sequence[DemoModel], row: float, column: float, layer: float, all_layers: bool) -> tuple:
+    """The figure and the grid for the typed patch, the layer slider and the checkbox."""
     try:
-        patch = checked_patch(models, row, column)
-        chosen = None if all_layers else int(layer)
-        return figure_image(pe_figure(models, patch, chosen)), patch_grid_image(models, patch, chosen)
+        return pe_views(models, checked_patch(models, row, column), None if all_layers else int(layer))
     except DemoInputError as error:
         raise gr.Error(str(error)) from None
+
+
+def _select_patch(models: Sequence[DemoModel], index: tuple[float, float], layer: float, all_layers: bool) -> tuple:
+    """A click at pixel `index` of the grid: the patch under it in the row and column boxes, and the figure and grid
+    redrawn once (the boxes listen to user edits only, so setting them here does not redraw again)."""
+    row, column = patch_at(index[0], index[1], grid_size(models))
+    return row, column, *_redraw(models, row, column, layer, all_layers)
 
 
 def _classify_tab(models: Sequence[DemoModel]) -> None:
@@ -102,11 +107,12 @@ def _pe_tab(models: Sequence[DemoModel]) -> None:
         return
     row, column = default_patch(models)
     layers = num_layers(models)
+    figure_view, grid_view = pe_views(models, (row, column))
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             gr.Markdown(f"**Reference patch**: click a square of the {grid[0]}x{grid[1]} grid, or type row and column.")
             grid_image = gr.Image(
-                patch_grid_image(models, (row, column), None),
+                grid_view,
                 show_label=False,
                 interactive=False,
                 buttons=[],
@@ -123,7 +129,7 @@ def _pe_tab(models: Sequence[DemoModel]) -> None:
             layer = gr.Slider(1, layers, value=layers, step=1, label="Layer (when not all)")
         with gr.Column(scale=3):
             figure = gr.Image(
-                figure_image(pe_figure(models, (row, column))),
+                figure_view,
                 show_label=False,
                 interactive=False,
                 buttons=["download", "fullscreen"],
@@ -131,12 +137,16 @@ def _pe_tab(models: Sequence[DemoModel]) -> None:
             )
             gr.Markdown(pe_summary(models), elem_id="pe-summary")
 
-    def select_patch(event: gr.SelectData) -> tuple[int, int]:
-        return patch_at(event.index[0], event.index[1], grid)
+    def select_patch(layer_value: float, all_value: bool, event: gr.SelectData) -> tuple:
+        return _select_patch(models, event.index, layer_value, all_value)
 
-    grid_image.select(select_patch, None, [row_input, column_input])
+    grid_image.select(
+        select_patch,
+        inputs=[layer, all_layers],
+        outputs=[row_input, column_input, figure, grid_image],
+    )
     gr.on(
-        [row_input.change, column_input.change, layer.release, all_layers.change],
+        [row_input.submit, row_input.blur, column_input.submit, column_input.blur, layer.release, all_layers.input],
         lambda *values: _redraw(models, *values),
         inputs=[row_input, column_input, layer, all_layers],
         outputs=[figure, grid_image],
@@ -172,7 +182,16 @@ def launch_demo(
             **launch_kwargs,
         )
     except OSError as error:  # Gradio's "Cannot find empty port in range" for a busy port
-        raise ValueError(f"cannot serve the page on {host or '127.0.0.1'}:{port}: {error}") from error
+        raise ValueError(f"cannot serve the page on {_address(host, port)}: {error}") from error
+
+
+def _address(host: str | None, port: int | None) -> str:
+    """host:port as Gradio tries it: without a port, the ports from its default (GRADIO_SERVER_PORT or 7860) on."""
+    host = host or "127.0.0.1"
+    if port is not None:
+        return f"{host}:{port}"
+    first, count = http_server.INITIAL_PORT_VALUE, http_server.TRY_NUM_PORTS
+    return f"{host}:{first}-{first + count - 1} (Gradio's default ports; choose another with --port)"
 
 
 __all__ = ["build_demo", "launch_demo"]

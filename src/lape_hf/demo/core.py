@@ -21,6 +21,7 @@ from huggingface_hub import HfApi, is_offline_mode, snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 from matplotlib import colormaps
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from transformers import ImageClassificationPipeline
 
@@ -249,19 +250,20 @@ def patch_at(x: float, y: float, grid: tuple[int, int]) -> tuple[int, int]:
     return min(max(int(y // cell), 0), grid[0] - 1), min(max(int(x // cell), 0), grid[1] - 1)
 
 
-def patch_grid_image(models: Sequence[DemoModel], patch: tuple[int, int], layer: int | None) -> PIL.Image.Image | None:
+def patch_grid_image(
+    models: Sequence[DemoModel], patch: tuple[int, int], layer: int | None, limits: tuple[float, float]
+) -> PIL.Image.Image | None:
     """The clickable grid: the first drawable model's map of `patch` in `layer` (the last layer when None), one
-    coloured square per patch on the figure's colour map, with grid lines and the chosen patch outlined in red."""
+    coloured square per patch on the figure's colour map and scale `limits` (`colour_limits` of the figure shown
+    beside it), with grid lines and the chosen patch outlined in red."""
     maps = drawable(models)
     if not maps:
         return None
     first = maps[0]
     similarity = first.layers[(layer or len(first.layers)) - 1]
     values = similarity[patch_index(patch, first.grid_size)].reshape(first.grid_size)
-    low = float(values.min())
-    scaled = (values - low) / (1.0 - low) if low < 1.0 else np.ones_like(values)
+    colours = (colormaps["viridis"](Normalize(*limits, clip=True)(values))[..., :3] * 255).astype(np.uint8)
     cell = patch_cell_pixels(first.grid_size)
-    colours = (colormaps["viridis"](scaled)[..., :3] * 255).astype(np.uint8)
     pixels = np.kron(colours, np.ones((cell, cell, 1), dtype=np.uint8))
     pixels[::cell, :] = 255  # grid lines: the top and left edge of every square
     pixels[:, ::cell] = 255
@@ -274,6 +276,21 @@ def patch_grid_image(models: Sequence[DemoModel], patch: tuple[int, int], layer:
     pixels[top : top + cell, left : left + width] = red
     pixels[top : top + cell, left + cell - width : left + cell] = red
     return PIL.Image.fromarray(pixels)
+
+
+def colour_limits(figure: Figure) -> tuple[float, float]:
+    """The one colour scale (low, high) every panel of a `pe_figure` is drawn on."""
+    return next(axes.images[0].get_clim() for axes in figure.axes if axes.images)
+
+
+def pe_views(
+    models: Sequence[DemoModel], patch: tuple[int, int], layer: int | None = None
+) -> tuple[PIL.Image.Image | None, PIL.Image.Image | None]:
+    """What the Position embedding tab shows for a patch and layer: the figure, and the clickable grid on its scale."""
+    figure = pe_figure(models, patch, layer)
+    if figure is None:
+        return None, None
+    return figure_image(figure), patch_grid_image(models, patch, layer, colour_limits(figure))
 
 
 def _one_layer(maps: PositionEmbeddingMaps, layer: int) -> PositionEmbeddingMaps:
@@ -330,6 +347,7 @@ __all__ = [
     "check_image_file",
     "checked_patch",
     "classify",
+    "colour_limits",
     "default_patch",
     "example_images",
     "figure_image",
@@ -341,5 +359,6 @@ __all__ = [
     "patch_grid_image",
     "pe_figure",
     "pe_summary",
+    "pe_views",
     "resolve_model",
 ]
