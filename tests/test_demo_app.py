@@ -341,6 +341,22 @@ def test_the_summary_lists_the_measures_of_every_model(lape_and_add):
 # ---------------------------------------------------------------------------------------------------------------------
 # Shipped examples
 # ---------------------------------------------------------------------------------------------------------------------
+def test_only_the_examples_of_the_models_classes_are_shown_or_all_when_none_is(lape_and_add):
+    every = example_images()
+    assert len(every) == len(json.loads((core.EXAMPLES_DIR / core.EXAMPLES_MANIFEST).read_text()))
+    digits = example_images([str(digit) for digit in range(10)])
+    assert digits and {path.name.split("-test-")[0] for path, _ in digits} == {"digits"}
+    assert example_images(["3", "Trouser", "cat"]) == [entry for entry in every if entry[1] in ("3", "Trouser")]
+    assert core.model_labels(lape_and_add[0]) == ["cat", "dog", "bird"]
+    assert example_images(core.model_labels(lape_and_add[0])) == every  # none of bird, cat, dog is shipped
+
+
+def test_an_example_label_with_a_slash_round_trips_through_the_manifest(tmp_path: Path):
+    save_picture(tmp_path / "fashion-mnist-test-0001.png", seed=5)
+    (tmp_path / core.EXAMPLES_MANIFEST).write_text(json.dumps({"fashion-mnist-test-0001.png": "T-shirt/top"}))
+    assert example_images(["T-shirt/top"], tmp_path) == [(tmp_path / "fashion-mnist-test-0001.png", "T-shirt/top")]
+
+
 def test_each_digit_example_is_the_held_out_image_its_name_says_with_its_label():
     from lape_hf.training.data import load_digits_dataset
 
@@ -348,8 +364,8 @@ def test_each_digit_example_is_the_held_out_image_its_name_says_with_its_label()
     digits = [(path, label) for path, label in example_images() if path.name.startswith("digits-test-")]
     assert digits
     for path, label in digits:
-        index = int(re.match(r"digits-test-(\d+)_", path.name)[1])
-        assert test_split[index]["label"] == int(label)
+        index = int(re.fullmatch(r"digits-test-(\d+)\.png", path.name)[1])
+        assert test_split.features["label"].names[test_split[index]["label"]] == label
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(path)), np.asarray(test_split[index]["image"]))
 
 
@@ -364,9 +380,8 @@ def test_each_fashion_mnist_example_is_the_test_image_its_name_says_with_its_lab
     shown = [(path, label) for path, label in example_images() if path.name.startswith("fashion-mnist-test-")]
     assert shown
     for path, label in shown:
-        index = int(re.match(r"fashion-mnist-test-(\d+)_", path.name)[1])
-        true_name = fashion_mnist.FASHION_MNIST_LABELS[test_split[index]["label"]]
-        assert true_name.replace("/", " ") == label
+        index = int(re.fullmatch(r"fashion-mnist-test-(\d+)\.png", path.name)[1])
+        assert fashion_mnist.FASHION_MNIST_LABELS[test_split[index]["label"]] == label
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(path)), np.asarray(test_split[index]["image"]))
 
 
@@ -437,6 +452,7 @@ def test_the_space_holds_the_app_the_package_and_its_runtime_requirements(tmp_pa
     names = set(plan.files)
     assert {"app.py", "README.md", "lape_hf/__init__.py", "lape_hf/demo/core.py", "lape_hf/demo/app.py"} <= names
     assert {f"lape_hf/demo/examples/{path.name}" for path, _ in example_images()} <= names
+    assert f"lape_hf/demo/examples/{core.EXAMPLES_MANIFEST}" in names
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
 
 

@@ -24,6 +24,7 @@ from .core import (
     default_patch,
     example_images,
     grid_size,
+    model_labels,
     num_layers,
     patch_at,
     pe_summary,
@@ -83,7 +84,7 @@ def _classify_tab(models: Sequence[DemoModel]) -> None:
                 gr.Label(label=f"Prediction: {model.name}", elem_id=f"prediction-{index}")
                 for index, model in enumerate(models)
             ]
-    examples = example_images()
+    examples = example_images(model_labels(models[0]))
     if examples:
         gr.Examples(
             examples=[[str(path)] for path, _ in examples],

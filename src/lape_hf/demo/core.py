@@ -8,9 +8,9 @@ tested without a browser; `lape_hf.demo.app` only wires them to Gradio component
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +39,9 @@ from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
 from ..predict import load_classifier
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-# "<source>_label-<true label>.png": the true label of a shipped example is in its file name.
-EXAMPLE_LABEL = re.compile(r"_label-(?P<label>[^.]+)\.png$")
+# File name -> true label of each shipped example, exactly as the dataset names the class ("T-shirt/top" would not
+# survive a file name).
+EXAMPLES_MANIFEST = "examples.json"
 # Why the page cannot be served or tested: Gradio (the demo extra) is missing.
 DEMO_EXTRA_MISSING = "the demo extra is not installed: pip install -e '.[demo]'"
 # An upload larger than this many pixels is refused before it is decoded (a 48-megapixel phone photo still passes);
@@ -157,14 +158,18 @@ def load_demo_models(names: Sequence[str]) -> list[DemoModel]:
     return models
 
 
-def example_images(directory: Path = EXAMPLES_DIR) -> list[tuple[Path, str]]:
-    """The shipped example images with the true label from each file name, in name order."""
-    examples = []
-    for path in sorted(directory.glob("*.png")):
-        match = EXAMPLE_LABEL.search(path.name)
-        if match:
-            examples.append((path, match["label"].replace("-", " ")))
-    return examples
+def example_images(labels: Collection[str] = (), directory: Path = EXAMPLES_DIR) -> list[tuple[Path, str]]:
+    """The shipped example images with their true labels (from the manifest), in name order: those whose label is
+    one of `labels` (a model's class names), or all of them when none is (a model of other classes)."""
+    manifest = json.loads((directory / EXAMPLES_MANIFEST).read_text(encoding="utf-8"))
+    examples = [(directory / name, str(label)) for name, label in sorted(manifest.items())]
+    matching = [(path, label) for path, label in examples if label in set(labels)]
+    return matching or examples
+
+
+def model_labels(model: DemoModel) -> list[str]:
+    """The class names of a model (its config's id2label)."""
+    return [str(label) for label in model.classifier.model.config.id2label.values()]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -354,6 +359,7 @@ __all__ = [
     "grid_size",
     "load_demo_model",
     "load_demo_models",
+    "model_labels",
     "num_layers",
     "patch_at",
     "patch_grid_image",
