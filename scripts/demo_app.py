@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import lape_hf  # noqa: F401  (registers LapeViT with the Auto classes)
 from lape_hf.cli import UserError, parse_args, script
+from lape_hf.demo import DEMO_EXTRA_MISSING
 from lape_hf.demo.core import load_demo_models
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lape_hf.demo.app import launch_demo
     except ImportError as error:
-        raise UserError(f"the demo needs Gradio ({error}); install it with: pip install -e '.[demo]'") from error
+        raise UserError(f"the demo needs Gradio ({error}); {DEMO_EXTRA_MISSING}") from error
     models = load_demo_models([args.model, *args.compare])
     launch_demo(models, host=args.host, port=args.port)
     return 0

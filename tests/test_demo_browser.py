@@ -2,8 +2,8 @@
 headless Chromium (driven by Selenium through the system's chromedriver) uploads images, reads the predicted label
 and clicks the patch grid. Screenshots of each step go to the test's temporary folder.
 
-Needs the demo extra (`pip install -e ".[demo]"`: gradio, selenium) and `apt-get install -y chromium chromium-driver`;
-.ci/run installs both.
+Needs the test extra (`pip install -e ".[test]"`: gradio and selenium) and
+`apt-get install -y chromium chromium-driver`; .ci/run installs both.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from hub_helpers import save_tiny_checkpoint
 from PIL import Image
 from transformers import pipeline
 
+from lape_hf.demo import DEMO_EXTRA_MISSING
 from lape_hf.demo.core import example_images
 
 pytestmark = pytest.mark.slow
 
-pytest.importorskip("gradio", reason="the demo extra is not installed: pip install -e '.[demo]'")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[demo]'")
+pytest.importorskip("gradio", reason=DEMO_EXTRA_MISSING)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed: pip install -e '.[test]'")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -179,20 +180,28 @@ def test_clicking_a_patch_redraws_the_maps_for_that_patch(browser, tmp_path: Pat
     browser.save_screenshot(str(tmp_path / "position_embedding_centre.png"))
     grid = browser.find_element(By.CSS_SELECTOR, "#patch-grid img")
     width, height = grid.size["width"], grid.size["height"]
-    # The tiny models' grid is 4x4: a click near the top-left corner is patch (0, 0); the default is the centre.
-    ActionChains(browser).move_to_element_with_offset(grid, -width // 2 + 5, -height // 2 + 5).click().perform()
+    # The tiny models' grid is 4x4 and the default is the centre patch (2, 2): click the centre of the square of
+    # row 1, column 2 (offsets are from the image's centre), which a wrong scale or offset would miss.
+    row, column = 1, 2
+    x, y = (column + 0.5) * width / 4 - width / 2, (row + 0.5) * height / 4 - height / 2
+    ActionChains(browser).move_to_element_with_offset(grid, round(x), round(y)).click().perform()
     WebDriverWait(browser, EVENT_TIMEOUT).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#pe-figure img").get_attribute("src") != before
     )
-    browser.save_screenshot(str(tmp_path / "position_embedding_patch_0_0.png"))
+    assert chosen_patch(browser) == ["1", "2"]
+    browser.save_screenshot(str(tmp_path / "position_embedding_patch_1_2.png"))
     all_layers = browser.find_element(By.CSS_SELECTOR, "#pe-figure img").get_attribute("src")
     browser.find_element(By.CSS_SELECTOR, "#all-layers input[type=checkbox]").click()  # one layer: the slider's
     WebDriverWait(browser, EVENT_TIMEOUT).until(
         lambda d: d.find_element(By.CSS_SELECTOR, "#pe-figure img").get_attribute("src") != all_layers
     )
     browser.save_screenshot(str(tmp_path / "position_embedding_one_layer.png"))
-    chosen = [
-        browser.find_element(By.CSS_SELECTOR, f"#patch-{name} input").get_attribute("value")
+    assert chosen_patch(browser) == ["1", "2"]
+
+
+def chosen_patch(driver) -> list[str]:
+    """The row and column boxes' values."""
+    return [
+        driver.find_element(By.CSS_SELECTOR, f"#patch-{name} input").get_attribute("value")
         for name in ("row", "column")
     ]
-    assert chosen == ["0", "0"]
