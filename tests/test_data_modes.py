@@ -3,11 +3,14 @@ image (same batches with any number of workers, after a resume), the evaluation 
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import PIL.Image
 import pytest
@@ -209,6 +212,66 @@ def test_a_stream_whose_every_image_is_skipped_stops_instead_of_reading_for_ever
         next(iter(stream))
 
 
+class SlowToResumeInWorker0(datasets.IterableDataset):
+    """A stream whose dataloader worker 0 takes a second to load its saved position, so that worker 1 starts its
+    pass meanwhile (a pass number the workers shared would be worker 1's when worker 0 starts reading)."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.id == 0:
+            time.sleep(1.0)
+        super().load_state_dict(state_dict)
+
+
+def unequal_shard_stream(seed: int = 0):
+    """20 examples in 5 shards of 4 (label = example number): 2 dataloader workers read 3 and 2 shards, so their
+    passes end at different batches and they drift apart by passes."""
+    from lape_hf.training.streaming import ResumableStream
+
+    split = encoded_split([natural_like(index, size=(10, 10)) for index in range(20)], [0] * 20)
+    split = split.cast_column("label", datasets.Value("int64")).map(
+        lambda row, index: {"label": index}, with_indices=True
+    )
+    source = split.cast_column("image", Image(decode=False)).to_iterable_dataset(num_shards=5)
+    source.__class__ = SlowToResumeInWorker0
+    return ResumableStream(
+        source,
+        buffer_size=3,
+        seed=seed,
+        rank=0,
+        transform=v2.PILToTensor(),
+        errors=DecodeErrors(False, "train"),
+    )
+
+
+def stream_loader(stream, snapshot_every: int = 1):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(
+        stream,
+        batch_size=2,
+        num_workers=2,
+        collate_fn=lambda examples: [example["labels"] for example in examples],
+        snapshot_every_n_steps=snapshot_every,
+    )
+
+
+@pytest.mark.parametrize("stop_after", [9, 10, 20])
+def test_workers_passes_apart_resume_to_the_uninterrupted_batches(stop_after):
+    """Worker 0 reads 12 examples a pass (6 batches), worker 1 8 (4), taking turns: after 10 and 20 batches they are
+    a pass apart (0 and 1, 1 and 2), after 9 worker 1 is at the end of its pass. Each worker keeps its own pass (with
+    one pass number shared by the workers, worker 0 resumed in worker 1's shard order and dropped its position)."""
+    uninterrupted = list(itertools.islice(stream_loader(unequal_shard_stream()), 30))
+    per_worker = [uninterrupted[0::2][:6], uninterrupted[1::2][:4]]
+    assert sorted(label for batch in per_worker[0] + per_worker[1] for label in batch) == list(range(20))
+    stopped = stream_loader(unequal_shard_stream())
+    assert list(itertools.islice(stopped, stop_after)) == uninterrupted[:stop_after]
+    state = stopped.state_dict()
+    resumed = stream_loader(unequal_shard_stream())
+    resumed.load_state_dict(state)
+    assert list(itertools.islice(resumed, 30 - stop_after)) == uninterrupted[stop_after:]
+
+
 def test_a_run_on_the_fly_records_its_mode_and_resumes_to_the_uninterrupted_run(pattern_folders, tmp_path):
     """As the prepared path's resume test: stop after 3 of 8 steps, resume with a dataloader worker; on the fly,
     the datasets cache aside, nothing but the model and its checkpoints is written."""
@@ -316,8 +379,9 @@ def one_image_per_class(tmp_path) -> Path:
     return root
 
 
-def stream_trainer(train_dir: Path, output_dir: Path):
-    """The Trainer of a streaming run (2 dataloader workers, 4 images per batch, a checkpoint every 2 steps)."""
+def stream_trainer(train_dir: Path, output_dir: Path, *overrides: str):
+    """The Trainer of a streaming run (2 dataloader workers, 4 images per batch, a checkpoint every 2 steps; the
+    command line's `overrides` win)."""
     from lape_hf.training.run import build_trainer, prepare_run
 
     model_args, data_args, augmentation, training_args, _ = parse(
@@ -334,6 +398,7 @@ def stream_trainer(train_dir: Path, output_dir: Path):
         "--mixup=0",
         "--cutmix=0",
         f"--output_dir={output_dir}",
+        *overrides,
     )
     return build_trainer(prepare_run(model_args, data_args, augmentation, training_args), training_args)
 
@@ -360,6 +425,110 @@ def test_a_resumed_stream_sees_the_examples_of_the_uninterrupted_run_in_order(on
     resumed = stream_trainer(one_image_per_class, tmp_path / "c")
     resumed._stream_resume_state = resumed._load_stream_state(str(tmp_path / "checkpoint"))
     assert batch_labels(resumed, 18) == uninterrupted[2:]
+
+
+@pytest.mark.parametrize(
+    ("workers", "stop_after"), [("0", 3), ("0", 8), ("2", 3), ("2", 7)], ids=["0-3", "0-8", "2-3", "2-7"]
+)
+def test_a_stream_resumes_from_a_checkpoint_between_snapshots(one_image_per_class, tmp_path, workers, stop_after):
+    """Workers snapshot every 2 batches (save_steps=2): a checkpoint after an odd batch (a Ctrl-C save) replays the
+    batch since the snapshot and still continues as the uninterrupted run; without workers there is no snapshot."""
+    settings = [f"--dataloader_num_workers={workers}"]
+    uninterrupted = batch_labels(stream_trainer(one_image_per_class, tmp_path / "a", *settings), 16)
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b", *settings)
+    assert batch_labels(stopped, stop_after) == uninterrupted[:stop_after]
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c", *settings)
+    resumed._stream_resume_state = resumed._load_stream_state(str(tmp_path / "checkpoint"))
+    assert batch_labels(resumed, 16 - stop_after) == uninterrupted[stop_after:]
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ("--dataloader_num_workers=1", r"dataloader_num_workers=2 but this run has dataloader_num_workers=1"),
+        ("--seed=7", r"seed=0 but this run has seed=7"),
+        ("--shuffle_buffer_size=5", r"shuffle_buffer_size=4 but this run has shuffle_buffer_size=5"),
+        ("--max_train_samples=30", r"max_train_samples=None but this run has max_train_samples=30"),
+    ],
+)
+def test_a_stream_resumed_with_other_settings_is_refused_naming_both_values(
+    one_image_per_class, tmp_path, changed, message
+):
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b")
+    batch_labels(stopped, 2)
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c", changed)
+    with pytest.raises(ValueError, match=rf"saved its stream with {message}: a stream resumes only with the settings"):
+        resumed._load_stream_state(str(tmp_path / "checkpoint"))
+
+
+def test_a_stream_resumed_with_another_number_of_processes_is_refused(one_image_per_class, tmp_path):
+    """A state saved by a 2-process run (its process 0's file, as a 1-process resume reads it) names both counts."""
+    from lape_hf.training.trainer import STREAM_STATE_NAME
+
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b")
+    batch_labels(stopped, 2)
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    path = tmp_path / "checkpoint" / STREAM_STATE_NAME.format(rank=0)
+    saved = torch.load(path, weights_only=True)
+    torch.save({**saved, "settings": {**saved["settings"], "processes": 2}}, path)
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"saved its stream with processes=2 but this run has processes=1"):
+        resumed._load_stream_state(str(tmp_path / "checkpoint"))
+
+
+def test_a_checkpoint_without_stream_state_names_save_only_model(one_image_per_class, tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    trainer = stream_trainer(one_image_per_class, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"has no saved stream state .* or written with --save_only_model"):
+        trainer._load_stream_state(str(tmp_path / "checkpoint"))
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_stream_state_that_would_run_code_is_refused_without_running_it(one_image_per_class, tmp_path):
+    from lape_hf.training.trainer import STREAM_STATE_NAME
+
+    (tmp_path / "checkpoint").mkdir()
+    marker = tmp_path / "marker"
+    torch.save(
+        {"settings": {}, "loader": RunsCodeWhenUnpickled(marker)},
+        tmp_path / "checkpoint" / STREAM_STATE_NAME.format(rank=0),
+    )
+    trainer = stream_trainer(one_image_per_class, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"stream_state_rank0.pt cannot be read as a stream state"):
+        trainer._load_stream_state(str(tmp_path / "checkpoint"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--dataloader_in_order=false", r"needs --dataloader_in_order true: .*dataloader_in_order=False"),
+        ('--accelerator_config={"split_batches": true}', r"cannot use accelerator_config split_batches=True"),
+    ],
+)
+def test_trainer_settings_a_stream_cannot_honour_are_refused_before_anything_is_written(
+    pattern_folders, tmp_path, argument, message
+):
+    train_dir, val_dir = pattern_folders
+    with pytest.raises(ValueError, match=message):
+        train(
+            f"--train_dir={train_dir}",
+            f"--validation_dir={val_dir}",
+            "--data_mode=streaming",
+            "--max_steps=2",
+            argument,
+            f"--output_dir={tmp_path / 'out'}",
+        )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_resumed_stream_does_not_read_the_examples_it_already_trained_on(one_image_per_class, tmp_path):

@@ -712,10 +712,38 @@ def test_fsdp_asked_for_but_not_set_up_is_refused_naming_both(monkeypatch):
     with pytest.raises(ValueError, match=r"requested by the accelerate config .* set up MULTI_CPU, not FSDP.*GPUs"):
         check_fsdp_is_running(DistributedType.MULTI_CPU, False)
     check_fsdp_is_running(DistributedType.FSDP, False)
+    # `--fsdp` makes accelerate set ACCELERATE_USE_FSDP=true before the check: the argument is named, not the config.
+    with pytest.raises(ValueError, match=r"requested by --fsdp but accelerate set up MULTI_CPU, not FSDP"):
+        check_fsdp_is_running(DistributedType.MULTI_CPU, "full_shard auto_wrap")
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     with pytest.raises(ValueError, match=r"requested by --fsdp but accelerate set up NO, not FSDP"):
         check_fsdp_is_running(DistributedType.NO, True)
     check_fsdp_is_running(DistributedType.MULTI_CPU, False)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "expected_batches"),
+    [
+        (["--save_strategy=steps", "--save_steps=5"], 10),
+        (["--save_strategy=steps", "--save_steps=0.25"], 10),  # a fraction of max_steps=20: step 5
+        (["--save_strategy=best", "--eval_strategy=steps", "--eval_steps=4", "--save_steps=7"], 8),
+        (["--save_strategy=epoch"], 40),  # a stream's one epoch ends at max_steps
+        (["--save_strategy=no"], 40),
+    ],
+)
+def test_stream_snapshots_fall_on_every_step_the_trainer_can_checkpoint(strategy, expected_batches):
+    """Batches between dataloader-worker snapshots (2 batches per optimizer step): "best" saves after evaluations,
+    so its snapshots follow eval_steps, not save_steps."""
+    from lape_hf.training.trainer import checkpoint_interval_batches
+
+    training_args = parse(
+        "--output_dir=unused",
+        "--max_steps=20",
+        "--gradient_accumulation_steps=2",
+        "--metric_for_best_model=loss",
+        *strategy,
+    )[3]
+    assert checkpoint_interval_batches(training_args) == expected_batches
 
 
 def test_the_fsdp_recipe_wraps_each_lape_vit_layer():

@@ -12,6 +12,7 @@ length: the Trainer needs `--max_steps`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import os
@@ -141,16 +142,19 @@ def _decoded(stream: IterableDataset, **decode_arguments: Any) -> IterableDatase
 
 @dataclasses.dataclass
 class _Reader:
-    """Where one reader (a dataloader worker of one process) is: its pass, its shuffle buffer of still-encoded
-    examples (each with its position in the pass), the buffer's RNG, how many examples it has read and yielded."""
+    """Where one reader (a dataloader worker of one process) is: its pass, the stream it reads in that pass, its
+    shuffle buffer of still-encoded examples (each with its position in the pass), the buffer's RNG, how many
+    examples it has read and yielded."""
 
     pass_index: int
+    source: IterableDataset
     buffer: list[tuple[int, dict]]  # (position in this pass, example)
     rng: np.random.Generator
     read: int = 0
     yielded: int = 0
 
-    def state_dict(self, source: IterableDataset) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        source = self.source
         return {
             "pass": self.pass_index,
             "buffer": list(self.buffer),
@@ -170,9 +174,11 @@ class ResumableStream(torch.utils.data.IterableDataset):
     Here the state of a reader (`state_dict`: the stream's own `datasets` state, the buffer's encoded examples, the
     RNG, the pass) is everything its next example depends on, so a resumed run sees the examples of the uninterrupted
     run, in order, without reading the consumed part of the stream again. torchdata's `StatefulDataLoader` collects
-    this state from each dataloader worker (`LapeTrainer` saves it with every checkpoint). The buffer is reseeded every
-    pass (and per process and worker, which read different shards); the augmentation of an example is seeded by
-    (seed, pass, process, worker, its position in the worker's stream), the same with or without a resume.
+    this state from each dataloader worker (`LapeTrainer` saves it with every checkpoint). Each worker keeps its own
+    pass and reads the same shards in the same order every pass (see `_start_pass`); the buffer is reseeded every
+    pass from (seed, pass, process, worker), and the augmentation of an example is seeded by (seed, pass, process,
+    worker, its position in the worker's stream): the same with or without a resume, but not the same batches with
+    another number of processes or workers (they read other shards), so a resume keeps both.
     """
 
     def __init__(
@@ -183,10 +189,10 @@ class ResumableStream(torch.utils.data.IterableDataset):
         rank: int,
         transform: Callable[[PIL.Image.Image], torch.Tensor],
         errors: DecodeErrors,
+        identity: dict[str, Any] | None = None,
     ):
-        if buffer_size < 1:
-            raise ValueError(f"shuffle_buffer_size={buffer_size} must be at least 1.")
         self.source = source
+        self.identity = dict(identity or {})
         self.buffer_size = buffer_size
         self.seed = seed
         self.rank = rank
@@ -195,11 +201,20 @@ class ResumableStream(torch.utils.data.IterableDataset):
         self._resume_from: dict[str, Any] | None = None
         self._reader: _Reader | None = None
 
+    def resume_settings(self) -> dict[str, Any]:
+        """What a saved state is only valid with (a resume with other values would read other examples)."""
+        return {
+            **self.identity,
+            "seed": self.seed,
+            "shuffle_buffer_size": self.buffer_size,
+            "shards": self.source.num_shards,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """The state after the last example this reader yielded (before reading: the state it would resume from)."""
         if self._reader is None:
             return dict(self._resume_from or {})
-        return self._reader.state_dict(self.source)
+        return self._reader.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` (of the same process and worker) at the next iteration."""
@@ -209,14 +224,22 @@ class ResumableStream(torch.utils.data.IterableDataset):
         state, self._resume_from = self._resume_from, None
         if state is not None:
             pass_index = state["pass"]
-        self.source.set_epoch(pass_index)  # `datasets` reorders the shards each pass
+        # No `self.source.set_epoch(pass_index)`: `datasets` keeps the epoch in one shared-memory tensor that all
+        # dataloader workers inherit, so workers in different passes (unequal shards, a resume) would overwrite each
+        # other's, read their shards in another order and drop their saved position. The source stays at epoch 0:
+        # each worker reads the same shards in the same order every pass, and the buffer (seeded from --seed and
+        # the pass) does the shuffling.
         if state is None:
             rng = np.random.default_rng([self.seed & 0xFFFFFFFF, pass_index, self.rank, worker])
-            return _Reader(pass_index, [], rng)
-        self.source.load_state_dict(state["source"])
+            return _Reader(pass_index, self.source, [], rng)
+        # A copy takes the saved position: `datasets` applies a loaded state to every iteration at the same epoch
+        # (and writes it into iterables a shallow copy shares; its tables are not copied),
+        # and only this pass continues from it.
+        source = copy.deepcopy(self.source)
+        source.load_state_dict(state["source"])
         rng = np.random.default_rng()
         rng.bit_generator.state = state["rng"]
-        return _Reader(pass_index, list(state["buffer"]), rng, state["read"], state["yielded"])
+        return _Reader(pass_index, source, list(state["buffer"]), rng, state["read"], state["yielded"])
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -224,7 +247,7 @@ class ResumableStream(torch.utils.data.IterableDataset):
         pass_index = 0
         while True:
             reader = self._reader = self._start_pass(pass_index, worker)
-            for example in self.source:
+            for example in reader.source:
                 reader.read += 1
                 if len(reader.buffer) < self.buffer_size:
                     reader.buffer.append((reader.read - 1, example))
@@ -272,6 +295,7 @@ def build_streaming_datasets(
         rank=process.process_index,
         transform=transform,
         errors=DecodeErrors(skip, data.train_split),
+        identity=data.stream_identity,
     )
     evaluation = _decoded(data.eval, image_processor=image_processor, errors=DecodeErrors(skip, data.eval_split))
     return train, evaluation
@@ -281,11 +305,7 @@ def prepare_streaming_run(model_args, data_args, augmentation, training_args):
     """`run.prepare_run` for `--data_mode streaming`: the streams, the label set from their features, the model."""
     from .run import _PreparedRun, build_model_and_processor, dataset_source, with_eval_geometry
 
-    if training_args.max_steps is None or training_args.max_steps <= 0:
-        raise ValueError(
-            "data_mode='streaming' needs --max_steps: a stream has no length, so the Trainer cannot count epochs "
-            f"(got max_steps={training_args.max_steps!r})."
-        )
+    check_streaming_training_arguments(training_args)
     start = time.perf_counter()
     streams, dataset_name = load_streaming_splits(**dataset_source(model_args, data_args))
     train_name, eval_name = _stream_split_names(streams, data_args.train_split, data_args.eval_split)
@@ -308,12 +328,37 @@ def prepare_streaming_run(model_args, data_args, augmentation, training_args):
         data_mode="streaming",
         eval_geometry=eval_geometry(image_processor),
         shuffle_buffer_size=data_args.shuffle_buffer_size,
+        stream_identity={
+            "dataset": data_args.dataset_name or os.path.basename(os.path.normpath(data_args.train_dir or "")),
+            "dataset_config_name": data_args.dataset_config_name,
+            "train_split": train_name,
+            "max_train_samples": data_args.max_train_samples,
+        },
     )
     if augmentation.horizontal_flip is None:
         augmentation = dataclasses.replace(augmentation, horizontal_flip=dataset_name != DIGITS_DATASET_NAME)
     return _PreparedRun(
         model, image_processor, data, augmentation, time.perf_counter() - start, data_args.skip_corrupt_images
     )
+
+
+def check_streaming_training_arguments(training_args) -> None:
+    """Refuse the Trainer settings a train stream cannot honour, each in one line naming the value."""
+    if training_args.max_steps is None or training_args.max_steps <= 0:
+        raise ValueError(
+            "data_mode='streaming' needs --max_steps: a stream has no length, so the Trainer cannot count epochs "
+            f"(got max_steps={training_args.max_steps!r})."
+        )
+    if not training_args.dataloader_in_order:
+        raise ValueError(
+            "data_mode='streaming' needs --dataloader_in_order true: torchdata saves no exact stream state for "
+            "batches taken out of order (got dataloader_in_order=False)."
+        )
+    if training_args.accelerator_config.split_batches:
+        raise ValueError(
+            "data_mode='streaming' cannot use accelerator_config split_batches=True: each process reads its own "
+            "shards, so its batches are never split among processes."
+        )
 
 
 def _stream_split_names(
@@ -355,6 +400,8 @@ def _standard_streams(
 
 @dataclasses.dataclass
 class StreamingSplits(ImageClassificationSplits):
-    """`ImageClassificationSplits` whose splits are streams (no length), with the shuffle buffer's size."""
+    """`ImageClassificationSplits` whose splits are streams (no length), with the shuffle buffer's size and what
+    names the train stream (a saved stream state is only resumed on the same one)."""
 
     shuffle_buffer_size: int = 10_000
+    stream_identity: dict[str, Any] = dataclasses.field(default_factory=dict)

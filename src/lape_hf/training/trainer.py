@@ -24,8 +24,9 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 logger = logging.getLogger(__name__)
 
 METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "top_k_accuracy"
-# A checkpoint's saved train-stream state, one file per process (each reads its own shards).
-STREAM_STATE_NAME = "stream_state_rank{rank}.pkl"
+# A checkpoint's saved train-stream state, one file per process (each reads its own shards); `torch.save`d and read
+# back with `weights_only=True` (plain containers, ints, bytes: an untrusted checkpoint cannot run code).
+STREAM_STATE_NAME = "stream_state_rank{rank}.pt"
 
 
 def decay_parameter_names(model: nn.Module) -> list[str]:
@@ -137,10 +138,14 @@ class LapeTrainer(Trainer):
         return isinstance(dataset, ResumableStream)
 
     def get_train_dataloader(self):
-        """For the train stream, torchdata's `StatefulDataLoader` (not prepared by accelerate: the stream already
-        reads this process's shards), restored to the checkpoint's state when resuming. Its workers snapshot their
-        state every checkpoint interval, so that a checkpoint at a `save_steps` step needs no replay (one elsewhere, as
-        on Ctrl-C, replays the batches since the last snapshot) while the shuffle buffer is not copied every batch."""
+        """For the train stream, torchdata's `StatefulDataLoader`, restored to the checkpoint's state when resuming.
+
+        It is not passed through `accelerator.prepare`: the stream already reads this process's shards, and
+        accelerate's wrapper would either split each batch again or dispatch batches from process 0, and it does not
+        carry the loader's `state_dict` (`split_batches` is refused for a stream). The workers snapshot their state
+        at every step the Trainer can checkpoint (`checkpoint_interval_batches`), so such a checkpoint needs no replay
+        (one elsewhere, as on Ctrl-C, replays the batches since the last snapshot) while the shuffle buffer is not
+        copied every batch."""
         if not self._is_stream(self.train_dataset):
             return super().get_train_dataloader()
         args = self.args
@@ -162,24 +167,50 @@ class LapeTrainer(Trainer):
         self._stream_loader = loader
         return loader
 
+    def _stream_settings(self) -> dict[str, Any]:
+        """The settings a saved stream state holds for (saved with it, checked on resume)."""
+        return {
+            "processes": self.args.world_size,
+            "dataloader_num_workers": self.args.dataloader_num_workers,
+            **self.train_dataset.resume_settings(),
+        }
+
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         if self._stream_loader is not None:
             path = os.path.join(output_dir, STREAM_STATE_NAME.format(rank=self.args.process_index))
-            with open(path + ".tmp", "wb") as file:
-                pickle.dump(self._stream_loader.state_dict(), file)
+            state = {"settings": self._stream_settings(), "loader": self._stream_loader.state_dict()}
+            torch.save(state, path + ".tmp")
             os.replace(path + ".tmp", path)
 
     def _load_stream_state(self, checkpoint: str) -> dict:
+        """This process's saved loader state, after checking that it was saved with this run's settings."""
         path = os.path.join(checkpoint, STREAM_STATE_NAME.format(rank=self.args.process_index))
-        if not os.path.isfile(path):
+        first = os.path.join(checkpoint, STREAM_STATE_NAME.format(rank=0))
+        if not os.path.isfile(path) and not os.path.isfile(first):
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r} has no saved stream state ({os.path.basename(path)}): it was "
-                "not written by a streaming run with this number of processes, so the stream cannot continue where "
-                "it stopped."
+                "not written by a streaming run, or written with --save_only_model (model weights only: no "
+                "optimizer, RNG or stream state), so the stream cannot continue where it stopped."
             )
-        with open(path, "rb") as file:
-            return pickle.load(file)  # our own file, written by `_save_rng_state`
+        # With more processes than the checkpoint's, this rank has no file: process 0's names the difference.
+        path = path if os.path.isfile(path) else first
+        try:
+            saved = torch.load(path, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path} cannot be read as a stream state: it holds objects other than plain values, which lape_hf "
+                "does not load (loading them could run code)."
+            ) from error
+        current = self._stream_settings()
+        for name, value in current.items():
+            if saved["settings"].get(name) != value:
+                was = saved["settings"].get(name)
+                raise ValueError(
+                    f"resume_from_checkpoint={checkpoint!r} saved its stream with {name}={was!r} but this run has "
+                    f"{name}={value!r}: a stream resumes only with the settings it was saved with."
+                )
+        return saved["loader"]
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         start = time.perf_counter()
@@ -195,11 +226,14 @@ class LapeTrainer(Trainer):
 
 
 def checkpoint_interval_batches(args) -> int:
-    """Batches between two checkpoints (`save_steps`, a fraction of `max_steps` when below 1, times the gradient
-    accumulation steps); `max_steps` worth when the run saves no step checkpoints."""
+    """Batches between two steps at which the Trainer can save a checkpoint, times the gradient accumulation steps:
+    `save_steps` for `save_strategy="steps"`, `eval_steps` for "best" (it saves after an evaluation that improves);
+    `max_steps` for "epoch" (an endless stream's one epoch ends at `max_steps`) and "no" (only a Ctrl-C checkpoint,
+    which replays). A fraction below 1 is of `max_steps`."""
+    interval = {"steps": args.save_steps, "best": args.eval_steps}.get(str(args.save_strategy.value), None)
     steps = args.max_steps
-    if args.save_strategy == "steps":
-        steps = math.ceil(args.max_steps * args.save_steps) if args.save_steps < 1 else int(args.save_steps)
+    if interval is not None:
+        steps = math.ceil(args.max_steps * interval) if interval < 1 else int(interval)
     return max(1, steps) * args.gradient_accumulation_steps
 
 
@@ -208,7 +242,8 @@ def check_fsdp_is_running(distributed_type: DistributedType, fsdp_argument: Any)
     `--fsdp`) but accelerate set up something else: on CPU it silently falls back to plain data parallelism."""
     from_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if (from_env or fsdp_argument) and distributed_type != DistributedType.FSDP:
-        where = "the accelerate config (ACCELERATE_USE_FSDP=true)" if from_env else "--fsdp"
+        # `--fsdp` makes accelerate set ACCELERATE_USE_FSDP=true before this runs, so the argument is checked first.
+        where = "--fsdp" if fsdp_argument else "the accelerate config (ACCELERATE_USE_FSDP=true)"
         raise ValueError(
             f"FSDP was requested by {where} but accelerate set up {distributed_type.value}, not FSDP: it would train "
             "without sharding. FSDP needs GPUs here (accelerate turns it on only for GPUs and other accelerators); "
