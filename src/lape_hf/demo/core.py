@@ -14,7 +14,6 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import PIL.Image
 from huggingface_hub import HfApi, is_offline_mode, snapshot_download
@@ -118,7 +117,7 @@ def resolve_model(name: str) -> str:
             f"cannot load the model {name!r}: no such directory, and no such model on the Hub "
             "(a private or gated one needs HF_TOKEN)."
         ) from None
-    except (httpx.HTTPError, OSError) as error:  # no network, a timeout, a server error
+    except Exception as error:  # no network, a timeout, a server error: the transport's types vary (httpx, httpx2)
         if cached is not None:
             return cached
         raise ValueError(
