@@ -299,14 +299,16 @@ def test_the_decode_rule_on_each_kind_of_file(unusual_images):
         assert np.array_equal(np.asarray(decode_image({"path": str(path), "bytes": None})), expected)
 
 
-def test_with_a_centre_crop_eval_the_prepared_train_split_keeps_the_whole_image(tmp_path):
+def test_with_a_centre_crop_eval_the_prepared_train_split_keeps_the_whole_image(tmp_path, caplog):
     """DeiT's eval geometry (crop_pct 0.875) cuts off the border: the eval split is stored so, the train split as the
     whole image resized (bicubic) to the model's resolution, so that training's random crops can reach the border."""
     images = {"a": [random_image(0, (40, 24), "RGB")], "b": [random_image(1, (20, 36), "RGB")]}
     root = write_image_folder(tmp_path / "train", images)
     raw, name = load_raw_splits(train_dir=str(root), validation_dir=str(root))
     image_processor = build_image_processor(tiny_config(image_size=16, patch_size=4), crop_pct=0.875)
-    data = prepare_splits(raw, name, image_processor, data_mode="prepared")
+    with caplog.at_level(logging.WARNING, logger="lape_hf.training.data"):
+        data = prepare_splits(raw, name, image_processor, data_mode="prepared")
+    assert "squashes non-square images (2 of the first 2, e.g. " in caplog.text and "on_the_fly" in caplog.text
     originals = [load_image(str(path)) for path in sorted(root.rglob("*.png"))]
     stored = {
         split: np.asarray(dataset.with_format("numpy", dtype=np.uint8)["pixel_values"])
@@ -317,3 +319,16 @@ def test_with_a_centre_crop_eval_the_prepared_train_split_keeps_the_whole_image(
     cropped = image_processor(originals, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
     np.testing.assert_array_equal(stored["eval"], np.asarray(cropped).round().clip(0, 255).astype(np.uint8))
     assert np.abs(stored["train"].astype(int) - stored["eval"]).mean() > 10  # the two geometries differ
+
+
+@pytest.mark.parametrize(("crop_pct", "sizes"), [(0.875, [(24, 24), (30, 30)]), (None, [(40, 24), (20, 36)])])
+def test_prepared_warns_of_squashing_only_non_square_images_under_a_centre_crop(tmp_path, caplog, crop_pct, sizes):
+    """Square images under the centre crop, or any images under a straight resize (which squashes them in eval
+    too), are stored as evaluation sees them: no warning."""
+    images = {"a": [random_image(0, sizes[0], "RGB")], "b": [random_image(1, sizes[1], "RGB")]}
+    root = write_image_folder(tmp_path / "train", images)
+    raw, name = load_raw_splits(train_dir=str(root), validation_dir=str(root))
+    image_processor = build_image_processor(tiny_config(image_size=16, patch_size=4), crop_pct=crop_pct)
+    with caplog.at_level(logging.WARNING, logger="lape_hf.training.data"):
+        prepare_splits(raw, name, image_processor, data_mode="prepared")
+    assert "squashes" not in caplog.text

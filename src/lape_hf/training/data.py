@@ -26,6 +26,7 @@ from ..models.lape_vit.image_processing_lape_vit import eval_geometry, output_si
 from .fashion_mnist import FASHION_MNIST_DATASET_NAME, load_fashion_mnist_dataset
 
 logger = logging.getLogger(__name__)
+SQUASH_CHECK_IMAGES = 16  # train images whose shape is checked before a prepared copy squashes them
 
 DIGITS_DATASET_NAME = "sklearn-digits"
 DIGITS_TEST_SIZE = 360  # 20% of the 1797 images, stratified by class
@@ -430,6 +431,8 @@ def _training_datasets(
             check_labels(split[label_column], label_feature, split_name)
         train, evaluation = (_standard_columns(split, image_column, label_column) for split, _ in named_splits)
         return train, evaluation
+    if eval_geometry(image_processor) == "center_crop":
+        _warn_if_squashed(named_splits[0][0], image_column)
     train, evaluation = (
         prepare_split(
             split,
@@ -448,11 +451,31 @@ def _training_datasets(
     return train, evaluation
 
 
+def _warn_if_squashed(train: Dataset, image_column: str) -> None:
+    """Warn when the train split's first images are not square: the prepared copy squashes them (see
+    `whole_image_processor`) while the centre-crop eval keeps the aspect ratio."""
+    sample = open_images(train.select(range(min(SQUASH_CHECK_IMAGES, len(train)))), image_column)
+    sizes = [image.size for image in sample if image is not None and image.width != image.height]
+    if sizes:
+        width, height = sizes[0]
+        logger.warning(
+            "data_mode='prepared' stores each train image resized to a square, which squashes non-square images "
+            "(%d of the first %d, e.g. %dx%d) while the centre-crop evaluation keeps their aspect ratio; "
+            "--data_mode on_the_fly crops from the original image instead.",
+            len(sizes),
+            len(sample),
+            width,
+            height,
+        )
+
+
 def whole_image_processor(image_processor: BaseImageProcessor) -> BaseImageProcessor:
     """The processor whose output the prepared train split stores: the whole image resized to the model's resolution.
 
     With the centre-crop eval geometry the processor cuts off the image's border; training's random crops must be
-    able to see it (DeiT crops the original image), so only the eval split is stored in the eval geometry."""
+    able to see it (DeiT crops the original image), so only the eval split is stored in the eval geometry. A stored
+    square copy of a non-square image loses either its border or its aspect ratio; this one keeps the border and
+    squashes (a warning says so; `auto` decodes large natural-image sets on the fly, from the original)."""
     if eval_geometry(image_processor) != "center_crop":
         return image_processor
     height, width = output_size(image_processor)
