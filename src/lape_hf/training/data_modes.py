@@ -112,7 +112,9 @@ def choose_data_mode(
 
 class DecodeErrors:
     """What to do with an image that does not decode: raise naming it, or skip it and count it (shared memory, so
-    the count from dataloader workers reaches the main process)."""
+    the count from dataloader workers reaches the main process). The count is of this process's decodes since it
+    started: a resumed run starts again from 0, and counts again an image of a batch it replays (each skip is also
+    logged with the image's name)."""
 
     def __init__(self, skip: bool, split_name: str):
         self.skip = skip
@@ -201,7 +203,7 @@ class OnTheFlyDataset(torch.utils.data.Dataset):
             )
         labels = [rows["label"][position] for position in kept]
         if self.seed is None:
-            pixels = list(processor_pixels(images, self.image_processor)) if images else []
+            pixels = list(processor_pixels(images, self.image_processor))
             return [{"pixel_values": image, "labels": label} for image, label in zip(pixels, labels, strict=True)]
         seed = batch_seed(self.seed, self.epoch, indices)
         pixels = transform_seeded(self.transform, images, seed)
