@@ -531,6 +531,16 @@ def test_trainer_settings_a_stream_cannot_honour_are_refused_before_anything_is_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("strategy", "warned"), [("epoch", True), ("steps", False), ("no", False)])
+def test_a_stream_with_save_strategy_epoch_is_warned_that_it_saves_no_checkpoint(caplog, strategy, warned):
+    from lape_hf.training.streaming import check_streaming_training_arguments
+
+    training_args = parse("--output_dir=unused", "--max_steps=4", f"--save_strategy={strategy}")[3]
+    with caplog.at_level("WARNING", logger="lape_hf.training.streaming"):
+        check_streaming_training_arguments(training_args)
+    assert ("save_strategy='epoch' saves no checkpoint with a stream" in caplog.text) == warned
+
+
 def test_a_resumed_stream_does_not_read_the_examples_it_already_trained_on(one_image_per_class, tmp_path):
     """The images of the 2 batches trained before the checkpoint are made undecodable before resuming: the resumed
     run (which stops on an undecodable image) reads on without them, as the uninterrupted run's next 4 batches."""
