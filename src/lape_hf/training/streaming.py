@@ -235,9 +235,9 @@ class ResumableStream(torch.utils.data.IterableDataset):
         if state is None:
             rng = np.random.default_rng([self.seed & 0xFFFFFFFF, pass_index, self.rank, worker])
             return _Reader(pass_index, self.source, [], rng)
-        # A copy takes the saved position: `datasets` applies a loaded state to every iteration at the same epoch
-        # (and writes it into iterables a shallow copy shares; its tables are not copied),
-        # and only this pass continues from it.
+        # Only this pass continues from the saved position, so a copy loads it: `datasets` would apply a loaded
+        # state to every later pass at the same epoch, and writes it into the iterables a shallow copy shares.
+        # (`datasets` tables are not copied by a deep copy.)
         source = copy.deepcopy(self.source)
         source.load_state_dict(state["source"])
         rng = np.random.default_rng()
