@@ -531,14 +531,22 @@ def test_trainer_settings_a_stream_cannot_honour_are_refused_before_anything_is_
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("strategy", "warned"), [("epoch", True), ("steps", False), ("no", False)])
-def test_a_stream_with_save_strategy_epoch_is_warned_that_it_saves_no_checkpoint(caplog, strategy, warned):
-    from lape_hf.training.streaming import check_streaming_training_arguments
-
-    training_args = parse("--output_dir=unused", "--max_steps=4", f"--save_strategy={strategy}")[3]
-    with caplog.at_level("WARNING", logger="lape_hf.training.streaming"):
-        check_streaming_training_arguments(training_args)
-    assert ("save_strategy='epoch' saves no checkpoint with a stream" in caplog.text) == warned
+def test_a_stream_run_with_the_default_save_strategy_checkpoints_at_max_steps_and_resumes(
+    one_image_per_class, tmp_path
+):
+    """The default save_strategy "epoch": training stops at max_steps inside the stream's one endless epoch, and the
+    Trainer's end of that epoch saves checkpoint-<max_steps>, on a worker snapshot; it resumes the stream where the
+    run stopped (the next batches are the uninterrupted stream's)."""
+    assert parse("--output_dir=unused")[3].save_strategy.value == "epoch"
+    strategy = ["--save_strategy=epoch", "--max_steps=3", "--eval_strategy=no"]
+    uninterrupted = batch_labels(stream_trainer(one_image_per_class, tmp_path / "a", *strategy), 8)
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b", *strategy)
+    stopped.train()
+    checkpoints = sorted(path.name for path in (tmp_path / "b").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-3"]
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c", *strategy)
+    resumed._stream_resume_state = resumed._load_stream_state(str(tmp_path / "b" / "checkpoint-3"))
+    assert batch_labels(resumed, 5) == uninterrupted[3:]
 
 
 def test_a_resumed_stream_does_not_read_the_examples_it_already_trained_on(one_image_per_class, tmp_path):

@@ -727,7 +727,7 @@ def test_fsdp_asked_for_but_not_set_up_is_refused_naming_both(monkeypatch):
         (["--save_strategy=steps", "--save_steps=5"], 10),
         (["--save_strategy=steps", "--save_steps=0.25"], 10),  # a fraction of max_steps=20: step 5
         (["--save_strategy=best", "--eval_strategy=steps", "--eval_steps=4", "--save_steps=7"], 8),
-        (["--save_strategy=epoch"], 40),  # a stream's epoch never ends: as "no"
+        (["--save_strategy=epoch"], 40),  # one save, at max_steps (the Trainer ends the epoch there)
         (["--save_strategy=no"], 40),
     ],
 )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import glob
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -42,8 +41,6 @@ from .data import (
 from .data_modes import DecodeErrors, decode_batch, processor_pixels
 from .fashion_mnist import FASHION_MNIST_DATASET_NAME
 from .transforms import batch_seed, build_train_transform, transform_seeded
-
-logger = logging.getLogger(__name__)
 
 STREAM_SHARDS = 16  # built-in datasets as iterables: divisible among 1, 2, 4, 8 or 16 processes
 MAP_BATCH_SIZE = 32  # eval examples decoded together
@@ -351,12 +348,6 @@ def check_streaming_training_arguments(training_args) -> None:
         raise ValueError(
             "data_mode='streaming' needs --max_steps: a stream has no length, so the Trainer cannot count epochs "
             f"(got max_steps={training_args.max_steps!r})."
-        )
-    if training_args.save_strategy.value == "epoch":
-        # The default: refusing it would refuse every stream run that does not ask for checkpoints.
-        logger.warning(
-            "save_strategy='epoch' saves no checkpoint with a stream (its one epoch never ends; training stops at "
-            "max_steps): pass --save_strategy steps --save_steps N to checkpoint it."
         )
     if not training_args.dataloader_in_order:
         raise ValueError(

@@ -228,8 +228,8 @@ class LapeTrainer(Trainer):
 def checkpoint_interval_batches(args) -> int:
     """Batches between two steps at which the Trainer can save a checkpoint, times the gradient accumulation steps:
     `save_steps` for `save_strategy="steps"`, `eval_steps` for "best" (it saves after an evaluation that improves);
-    `max_steps` for "no" and "epoch" (an endless stream's epoch never ends: only a Ctrl-C checkpoint, which
-    replays). A fraction below 1 is of `max_steps`."""
+    `max_steps` for "epoch" (training stops at `max_steps` inside the stream's one endless epoch, and the Trainer's
+    end of that epoch saves there) and for "no" (no checkpoint). A fraction below 1 is of `max_steps`."""
     interval = {"steps": args.save_steps, "best": args.eval_steps}.get(str(args.save_strategy.value), None)
     steps = args.max_steps
     if interval is not None:
