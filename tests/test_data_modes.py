@@ -549,6 +549,32 @@ def test_a_stream_run_with_the_default_save_strategy_checkpoints_at_max_steps_an
     assert batch_labels(resumed, 5) == uninterrupted[3:]
 
 
+def test_a_stream_runs_final_checkpoint_between_snapshots_resumes_by_replaying(one_image_per_class, tmp_path):
+    """save_steps=2, max_steps=3: the Trainer also saves at max_steps, between the workers' snapshots (every 2
+    batches); resuming from it replays the batch since the snapshot and continues as the uninterrupted stream."""
+    strategy = ["--save_strategy=steps", "--save_steps=2", "--max_steps=3", "--eval_strategy=no"]
+    uninterrupted = batch_labels(stream_trainer(one_image_per_class, tmp_path / "a", *strategy), 8)
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b", *strategy)
+    stopped.train()
+    assert sorted(path.name for path in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c", *strategy)
+    resumed._stream_resume_state = resumed._load_stream_state(str(tmp_path / "b" / "checkpoint-3"))
+    assert batch_labels(resumed, 5) == uninterrupted[3:]
+
+
+@pytest.mark.parametrize(("strategy", "checkpoints"), [("no", []), ("epoch", ["checkpoint-1"])])
+def test_a_ctrl_c_stop_checkpoints_a_stream_unless_save_strategy_is_no(
+    one_image_per_class, tmp_path, strategy, checkpoints
+):
+    """Ctrl-C (the callback's flag, set before the first step) stops after step 1 with a checkpoint of it, except
+    with save_strategy no: then there is nothing to resume from."""
+    trainer = stream_trainer(one_image_per_class, tmp_path, f"--save_strategy={strategy}", "--eval_strategy=no")
+    trainer.interrupt.requested = True
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert sorted(path.name for path in tmp_path.glob("checkpoint-*")) == checkpoints
+
+
 def test_a_resumed_stream_does_not_read_the_examples_it_already_trained_on(one_image_per_class, tmp_path):
     """The images of the 2 batches trained before the checkpoint are made undecodable before resuming: the resumed
     run (which stops on an undecodable image) reads on without them, as the uninterrupted run's next 4 batches."""

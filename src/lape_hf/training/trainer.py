@@ -229,7 +229,11 @@ def checkpoint_interval_batches(args) -> int:
     """Batches between two steps at which the Trainer can save a checkpoint, times the gradient accumulation steps:
     `save_steps` for `save_strategy="steps"`, `eval_steps` for "best" (it saves after an evaluation that improves);
     `max_steps` for "epoch" (training stops at `max_steps` inside the stream's one endless epoch, and the Trainer's
-    end of that epoch saves there) and for "no" (no checkpoint). A fraction below 1 is of `max_steps`."""
+    end of that epoch saves there) and for "no" (no checkpoint, not even on Ctrl-C). A fraction below 1 is of
+    `max_steps`. Saves off this interval replay from the last snapshot on resume: a Ctrl-C one, the final one at
+    `max_steps` under "steps" when `max_steps` is not a multiple of `save_steps`, and under "best" an improving final
+    evaluation off `eval_steps` (an interval falling on both would be their gcd, often one batch: a buffer copy
+    every batch)."""
     interval = {"steps": args.save_steps, "best": args.eval_steps}.get(str(args.save_strategy.value), None)
     steps = args.max_steps
     if interval is not None:
