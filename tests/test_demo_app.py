@@ -169,6 +169,25 @@ def test_a_hub_id_when_the_hub_cannot_be_reached_fails_after_one_request(
     assert "\n" not in str(caught.value)
 
 
+def test_a_programming_error_while_asking_the_hub_is_not_taken_for_an_unreachable_hub(
+    model_dirs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Only network and Hub errors fall back to the cache; anything else (here a TypeError) shows as itself."""
+    cache = tmp_path / "hub_cache"
+    files = prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE).repository_files()
+    install_in_hub_cache(files, "org/lape-tiny", cache)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    def changed_signature(*args, **kwargs):
+        raise TypeError("model_info() got an unexpected keyword argument 'timeout'")
+
+    monkeypatch.setattr(core.HfApi, "model_info", changed_signature)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        core.resolve_model("org/lape-tiny")
+
+
 def test_a_cached_hub_id_loads_from_the_cache_when_offline(model_dirs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cache = tmp_path / "hub_cache"
     files = prepare_upload(model_dirs["lape"], "org/lape-tiny", template_path=TEMPLATE).repository_files()
@@ -529,6 +548,15 @@ def test_a_failed_space_upload_says_the_model_is_published_and_the_space_is_not(
         "Space is not: Upload to the Space org/lape-tiny-demo failed while trying to commit the files: HfHubHTTPError"
     )
     assert space_failing_hub[-1] == ("create_commit", "org/lape-tiny-demo")
+
+
+def test_a_local_file_missing_from_the_space_plan_fails_as_itself_before_the_hub_is_asked(
+    tmp_path: Path, space_failing_hub
+):
+    plan = SpacePlan("org/demo", SpaceCard(""), {"app.py": tmp_path / "vanished.py"})
+    with pytest.raises(ValueError, match="vanished.py"):
+        space.upload_space(plan)
+    assert space_failing_hub == []  # neither the Space nor a commit was attempted
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

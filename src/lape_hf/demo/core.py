@@ -8,6 +8,7 @@ tested without a browser; `lape_hf.demo.app` only wires them to Gradio component
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 from collections.abc import Collection, Sequence
@@ -17,7 +18,12 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 from huggingface_hub import HfApi, is_offline_mode, snapshot_download
-from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from matplotlib import colormaps
 from matplotlib.colors import Normalize
@@ -56,6 +62,21 @@ PATCH_GRID_PIXELS = 280
 MIN_FIGURE_WIDTH_INCHES = 7.5
 # Seconds the one request that asks the Hub whether a model id exists may take.
 HUB_PROBE_TIMEOUT = 10
+
+
+def _http_client_errors() -> tuple[type[Exception], ...]:
+    """The error base of the HTTP client huggingface_hub uses (httpx2 from huggingface_hub 2, httpx before)."""
+    errors = []
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+# What an unreachable or failing Hub raises: no network, a timeout, a server error. Anything else is a bug and shows.
+HUB_UNREACHABLE_ERRORS = (OSError, HfHubHTTPError, *_http_client_errors())
 
 
 class DemoInputError(ValueError):
@@ -117,7 +138,7 @@ def resolve_model(name: str) -> str:
             f"cannot load the model {name!r}: no such directory, and no such model on the Hub "
             "(a private or gated one needs HF_TOKEN)."
         ) from None
-    except Exception as error:  # no network, a timeout, a server error: the transport's types vary (httpx, httpx2)
+    except HUB_UNREACHABLE_ERRORS as error:
         if cached is not None:
             return cached
         raise ValueError(

@@ -180,12 +180,13 @@ def prepare_space(
 def upload_space(plan: SpacePlan, *, private: bool = False, api: HfApi | None = None) -> CommitInfo:
     """Create the Space (Gradio SDK) if needed and commit the plan's files in one commit."""
     api = authenticated_api(api)
+    operations = plan.operations()  # built before the Hub is asked, so a local failure is not reported as the Hub's
     step = "create the Space"
     try:
         api.create_repo(plan.repo_id, repo_type="space", space_sdk=SPACE_SDK, private=private, exist_ok=True)
         step = "commit the files"
         return api.create_commit(
-            plan.repo_id, plan.operations(), commit_message="Upload the LapeViT demo page", repo_type="space"
+            plan.repo_id, operations, commit_message="Upload the LapeViT demo page", repo_type="space"
         )
     except Exception as error:  # as in publish.upload
         raise upload_failure(f"the Space {plan.repo_id}", step, error) from error
