@@ -508,6 +508,30 @@ def test_a_stream_state_that_would_run_code_is_refused_without_running_it(one_im
     assert not marker.exists()
 
 
+def test_a_missing_stream_state_of_this_process_is_refused_when_the_process_count_is_unchanged(
+    one_image_per_class, tmp_path, monkeypatch
+):
+    """Process 1 of 2 without its own file must not take process 0's buffer and positions (of other shards); with
+    its file it resumes."""
+    import transformers
+
+    from lape_hf.training.trainer import STREAM_STATE_NAME
+
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b")
+    batch_labels(stopped, 2)
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    first = tmp_path / "checkpoint" / STREAM_STATE_NAME.format(rank=0)
+    saved = torch.load(first, weights_only=True)
+    torch.save({**saved, "settings": {**saved["settings"], "processes": 2}}, first)
+    resumed = stream_trainer(one_image_per_class, tmp_path / "c")
+    monkeypatch.setattr(transformers.TrainingArguments, "process_index", property(lambda self: 1))
+    monkeypatch.setattr(transformers.TrainingArguments, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match=r"has no stream_state_rank1.pt, although it was saved by 2 processes"):
+        resumed._load_stream_state(str(tmp_path / "checkpoint"))
+    (tmp_path / "checkpoint" / STREAM_STATE_NAME.format(rank=1)).write_bytes(first.read_bytes())
+    assert resumed._load_stream_state(str(tmp_path / "checkpoint")) == saved["loader"]
+
+
 @pytest.mark.parametrize(
     ("argument", "message"),
     [

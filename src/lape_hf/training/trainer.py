@@ -194,14 +194,19 @@ class LapeTrainer(Trainer):
                 "optimizer, RNG or stream state), so the stream cannot continue where it stopped."
             )
         # With more processes than the checkpoint's, this rank has no file: process 0's names the difference.
-        path = path if os.path.isfile(path) else first
+        read = path if os.path.isfile(path) else first
         try:
-            saved = torch.load(path, weights_only=True)
+            saved = torch.load(read, weights_only=True)
         except pickle.UnpicklingError as error:
             raise ValueError(
-                f"{path} cannot be read as a stream state: it holds objects other than plain values, which lape_hf "
+                f"{read} cannot be read as a stream state: it holds objects other than plain values, which lape_hf "
                 "does not load (loading them could run code)."
             ) from error
+        if read != path and saved["settings"].get("processes") == self.args.world_size:
+            raise ValueError(
+                f"resume_from_checkpoint={checkpoint!r} has no {os.path.basename(path)}, although it was saved by "
+                f"{self.args.world_size} processes, as many as this run has: this process's stream state is missing."
+            )
         current = self._stream_settings()
         for name, value in current.items():
             if saved["settings"].get(name) != value:
