@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 import time
@@ -530,6 +531,31 @@ def test_a_missing_stream_state_of_this_process_is_refused_when_the_process_coun
         resumed._load_stream_state(str(tmp_path / "checkpoint"))
     (tmp_path / "checkpoint" / STREAM_STATE_NAME.format(rank=1)).write_bytes(first.read_bytes())
     assert resumed._load_stream_state(str(tmp_path / "checkpoint")) == saved["loader"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "a list", "settings not a dict", "no loader"])
+def test_a_damaged_stream_state_is_refused_naming_its_path(one_image_per_class, tmp_path, damage):
+    from lape_hf.training.trainer import STREAM_STATE_NAME
+
+    stopped = stream_trainer(one_image_per_class, tmp_path / "b")
+    batch_labels(stopped, 2)
+    stopped._save_rng_state(str(tmp_path / "checkpoint"))
+    path = tmp_path / "checkpoint" / STREAM_STATE_NAME.format(rank=0)
+    saved = torch.load(path, weights_only=True)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        wrong = {
+            "a list": [saved["settings"], saved["loader"]],
+            "settings not a dict": {**saved, "settings": 3},
+            "no loader": {"settings": saved["settings"]},
+        }[damage]
+        torch.save(wrong, path)
+    trainer = stream_trainer(one_image_per_class, tmp_path / "c")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} cannot be read as a stream state: it (is|holds)"):
+        trainer._load_stream_state(str(tmp_path / "checkpoint"))
 
 
 @pytest.mark.parametrize(

@@ -194,15 +194,8 @@ class LapeTrainer(Trainer):
                 "optimizer, RNG or stream state), so the stream cannot continue where it stopped."
             )
         # With more processes than the checkpoint's, this rank has no file: process 0's names the difference.
-        read = path if os.path.isfile(path) else first
-        try:
-            saved = torch.load(read, weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{read} cannot be read as a stream state: it holds objects other than plain values, which lape_hf "
-                "does not load (loading them could run code)."
-            ) from error
-        if read != path and saved["settings"].get("processes") == self.args.world_size:
+        saved = read_stream_state(path if os.path.isfile(path) else first)
+        if not os.path.isfile(path) and saved["settings"].get("processes") == self.args.world_size:
             raise ValueError(
                 f"resume_from_checkpoint={checkpoint!r} has no {os.path.basename(path)}, although it was saved by "
                 f"{self.args.world_size} processes, as many as this run has: this process's stream state is missing."
@@ -228,6 +221,30 @@ class LapeTrainer(Trainer):
             self._load_rng_state(self._stream_rng_checkpoint)
             self._stream_rng_checkpoint = None
         return batches
+
+
+def read_stream_state(path: str) -> dict:
+    """A saved stream state: plain values only, a dict with dict "settings" and "loader"; a damaged or foreign file
+    is refused naming it."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} cannot be read as a stream state: it holds objects other than plain values, which lape_hf "
+            "does not load (loading them could run code)."
+        ) from error
+    except (RuntimeError, EOFError) as error:  # a truncated file (no zip archive), an empty one
+        raise ValueError(
+            f"{path} cannot be read as a stream state: it is empty, truncated or not written by torch.save "
+            f"({type(error).__name__})."
+        ) from error
+    layout = isinstance(saved, dict) and all(isinstance(saved.get(key), dict) for key in ("settings", "loader"))
+    if not layout:
+        raise ValueError(
+            f"{path} cannot be read as a stream state: it is not a dict with dict 'settings' and 'loader' (got "
+            f"{type(saved).__name__})."
+        )
+    return saved
 
 
 def checkpoint_interval_batches(args) -> int:
