@@ -11,19 +11,20 @@
         --output_dir deit-tiny-lape-init
 
 What the weights cannot tell (the number of heads, LayerNorm eps) comes from a matching preset, --preset, or
---num_attention_heads / --config_overrides FIELD=VALUE ... (each VALUE read as JSON when it is JSON). The output
+--num_attention_heads / --config_overrides with train.py's syntax (e.g. layer_norm_eps=1e-5,qkv_bias=true; the flag
+may be repeated, and --set is its short form). The output
 directory must not exist; nothing is written if anything fails.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lape_hf.cli import parse_args, script
+from lape_hf.config_overrides import CONFIG_OVERRIDES_HELP, parse_config_overrides
 from lape_hf.conversion import SOURCES, convert_checkpoint
 from lape_hf.models.lape_vit.configuration_lape_vit import PE_JOINS, POSITION_EMBEDDING_TYPES, PRESETS
 
@@ -55,8 +56,8 @@ class ConvertArguments:
         metadata={
             "aliases": ["--set"],
             "action": "extend",
-            "metavar": "FIELD=VALUE",
-            "help": "any other LapeViTConfig field, e.g. layer_norm_eps=1e-5 (repeatable)",
+            "metavar": "NAME=VALUE[,NAME=VALUE...]",
+            "help": f"{CONFIG_OVERRIDES_HELP} Repeatable.",
         },
     )
     image_mean: list[float] | None = field(default=None, metadata={"help": "image processor mean (3 values)"})
@@ -74,19 +75,11 @@ class ConvertArguments:
             values = getattr(self, name)
             if values is not None and len(values) != 3:
                 raise ValueError(f"--{name} takes 3 values (one per RGB channel), got {len(values)}: {values}.")
-        for text in self.config_overrides:
-            if "=" not in text:
-                raise ValueError(f"--config_overrides {text!r} is not FIELD=VALUE.")
+        parse_config_overrides(self.config_overrides)  # a bad item is a usage error before anything is read
 
     def overrides(self) -> dict[str, Any]:
-        """The config fields to set: FIELD=VALUE pairs (VALUE parsed as JSON when it is JSON), then the named flags."""
-        overrides: dict[str, Any] = {}
-        for text in self.config_overrides:
-            name, value = text.split("=", 1)
-            try:
-                overrides[name] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[name] = value
+        """The config fields to set: --config_overrides, then the named flags."""
+        overrides = parse_config_overrides(self.config_overrides)
         if self.num_attention_heads is not None:
             overrides["num_attention_heads"] = self.num_attention_heads
         if self.image_size is not None:

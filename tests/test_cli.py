@@ -149,6 +149,17 @@ def test_old_hyphenated_spellings_and_aliases_still_parse(tmp_path):
     new = benchmark.parse_args(["--batch_size", "3", "--output_file", "x.json", "--no_timm", "--no_memory"])
     assert old == new and (old.batch_size, old.timm, old.memory) == (3, False, False)
     convert = load_script("convert_checkpoint")
-    arguments = ["--source", "timm", "--checkpoint", "c.pth", "--output", "out", "--set", "a=1", "--set", "b=[2]"]
+    arguments = [
+        "--source",
+        "timm",
+        "--checkpoint",
+        "c.pth",
+        "--output",
+        "out",
+        "--set",
+        "qkv_bias=true",
+        "--set",
+        "image_size=[2,4]",
+    ]
     parsed = convert.parse_args(convert.ConvertArguments, arguments, description=None)
-    assert parsed.output_dir == Path("out") and parsed.overrides() == {"a": 1, "b": [2]}
+    assert parsed.output_dir == Path("out") and parsed.overrides() == {"qkv_bias": True, "image_size": [2, 4]}

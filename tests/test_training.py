@@ -33,7 +33,6 @@ from lape_hf.training import (
     ModelArguments,
     classification_loss,
     load_accuracy_metric,
-    parse_config_overrides,
     run_training,
     top_predictions,
 )
@@ -551,22 +550,6 @@ def test_eval_batches_are_the_processor_output_and_only_training_batches_are_aug
 
 
 def test_bad_arguments_fail_early_with_what_is_allowed():
-    assert parse_config_overrides("image_size=16,qkv_bias=false,hidden_act=gelu,drop_path_rate=0.1") == {
-        "image_size": 16,
-        "qkv_bias": False,
-        "hidden_act": "gelu",
-        "drop_path_rate": 0.1,
-    }
-    with pytest.raises(ValueError, match="'hiden_size' is not a LapeViTConfig field"):
-        parse_config_overrides("hiden_size=3")
-    with pytest.raises(ValueError, match="not of the form name=value"):
-        parse_config_overrides("image_size")
-    # A list is one value (update_from_string would split it at its comma); values take the field's type.
-    assert parse_config_overrides("image_size=[16,32],patch_size=4") == {"image_size": [16, 32], "patch_size": 4}
-    with pytest.raises(ValueError, match="qkv_bias='no' must be true or false"):
-        parse_config_overrides("qkv_bias=no")
-    with pytest.raises(ValueError, match="hidden_size='1.5' is not of the field's type"):
-        parse_config_overrides("hidden_size=1.5")
     with pytest.raises(ValueError, match="Unknown preset 'vit-huge'"):
         ModelArguments(preset="vit-huge")
     with pytest.raises(ValueError, match="Give one of"):

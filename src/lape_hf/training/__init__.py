@@ -31,7 +31,6 @@ _NAMES = {
     "load_accuracy_metric": "trainer",
     "build_config": "run",
     "build_model_and_processor": "run",
-    "parse_config_overrides": "run",
     "run_training": "run",
     "top_predictions": "run",
     "RunResults": "results",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from ..config_overrides import CONFIG_OVERRIDES_HELP
 from ..models.lape_vit.configuration_lape_vit import PRESETS, check_preset_name
 from ..models.lape_vit.image_processing_lape_vit import DEIT_CROP_PCT, EVAL_GEOMETRIES
 from .data import DIGITS_DATASET_NAME
@@ -76,7 +77,7 @@ class ModelArguments(LoraArguments):
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated config fields, e.g. 'image_size=16,hidden_size=128,num_hidden_layers=4'."},
+        metadata={"help": CONFIG_OVERRIDES_HELP},
     )
     pe_join: str | None = field(
         default=None, metadata={"help": "Override the PE join: lape, lape_shared, add, share or unshare."}

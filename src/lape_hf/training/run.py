@@ -9,12 +9,9 @@ runs pipeline() on a saved model.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import logging
 import os
 import time
-import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +31,7 @@ try:
 except ImportError:  # Windows
     resource = None
 
+from ..config_overrides import parse_config_overrides
 from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
 from ..models.lape_vit.image_processing_lape_vit import build_image_processor, eval_geometry
 from ..models.lape_vit.modeling_lape_vit import (
@@ -72,71 +70,6 @@ from .transforms import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split at the commas that are not inside brackets: 'a=1,image_size=[16,32]' -> ['a=1', 'image_size=[16,32]']."""
-    items, depth, start = [], 0, 0
-    for index, character in enumerate(text):
-        depth += {"[": 1, "(": 1, "]": -1, ")": -1}.get(character, 0)
-        if character == "," and depth == 0:
-            items.append(text[start:index])
-            start = index + 1
-    return [*items, text[start:]]
-
-
-@functools.cache
-def _config_field_types() -> dict[str, Any]:
-    return typing.get_type_hints(LapeViTConfig, localns={"torch": torch})
-
-
-def _convert_override(name: str, text: str) -> Any:
-    """`text` as a value of the config field's declared type (bool, int, float, str, or a list for image_size)."""
-    hint = _config_field_types()[name]
-    allowed = set(typing.get_args(hint)) or {hint}
-    text = text.strip()
-    if bool in allowed:
-        if text.lower() not in ("true", "false"):
-            raise ValueError(f"config_overrides: {name}={text!r} must be true or false.")
-        return text.lower() == "true"
-    if text.startswith("[") and any(typing.get_origin(kind) in (list, tuple) for kind in allowed):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config_overrides: {name}={text!r} is not a list such as [16,32]: {error}.") from None
-    for kind in (int, float):
-        if kind in allowed:
-            try:
-                return kind(text)
-            except ValueError:
-                continue
-    if str in allowed:
-        return text
-    raise ValueError(f"config_overrides: {name}={text!r} is not of the field's type ({hint}).")
-
-
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """'a=1,b=gelu,c=true,image_size=[16,32]' -> {'a': 1, 'b': 'gelu', 'c': True, 'image_size': [16, 32]}.
-
-    The syntax of `PretrainedConfig.update_from_string`, which does not fit here: it splits inside a list, takes a
-    value's type from the current value (so image_size cannot become a [height, width] pair), and sets fields one at
-    a time on a built config, where the overrides must build one config together (a preset's image_size and
-    patch_size change as a pair). So: split at top-level commas, convert by the field's declared type, and let
-    `LapeViTConfig` check the values.
-    """
-    if not text:
-        return {}
-    overrides = {}
-    for item in _split_top_level(text):
-        key, separator, value = item.partition("=")
-        key = key.strip()
-        if not separator or not key:
-            raise ValueError(f"config_overrides item {item!r} is not of the form name=value (in {text!r}).")
-        if key not in _config_field_types():
-            allowed = sorted(field_.name for field_ in dataclasses.fields(LapeViTConfig))
-            raise ValueError(f"config_overrides: {key!r} is not a LapeViTConfig field; allowed: {allowed}.")
-        overrides[key] = _convert_override(key, value)
-    return overrides
 
 
 def build_config(model_args: ModelArguments, label_names: Sequence[str]) -> LapeViTConfig:
