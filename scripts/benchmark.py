@@ -28,7 +28,7 @@ from pathlib import Path
 # The profiler behind the memory figures (Kineto) prints start/stop lines for every measured step below level 6.
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
-from lape_hf.atomic_files import check_output_dir  # noqa: E402
+from lape_hf.atomic_files import check_writable_dir  # noqa: E402
 from lape_hf.cli import parse_args as parse_arguments  # noqa: E402
 from lape_hf.cli import script  # noqa: E402
 from lape_hf.tools.benchmark import (  # noqa: E402
@@ -118,7 +118,7 @@ def output_path(args: BenchmarkArguments) -> Path:
 @script
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_output_dir(output_path(args).parent)  # before minutes of measuring
+    check_writable_dir(output_path(args).parent)  # before minutes of measuring
     if args.processes > 1:
         try:
             report = run_in_processes(args)

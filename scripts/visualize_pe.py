@@ -18,7 +18,6 @@ from pathlib import Path
 
 import lape_hf  # noqa: F401  (registers LapeViT with the Auto classes)
 from lape_hf.analysis import (
-    check_output_dir,
     format_summary,
     load_model,
     plot_patch_maps,
@@ -27,6 +26,7 @@ from lape_hf.analysis import (
     save_figure,
     write_summary_json,
 )
+from lape_hf.atomic_files import check_writable_dir
 from lape_hf.cli import parse_args, script
 
 KINDS = ("patch", "matrix")
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(VisualizeArguments, argv, description=__doc__, positional="model")
     models = [args.model, *args.compare]
     labels = args.labels or models
-    check_output_dir(args.output_dir)  # before the computation: an unwritable place fails at once
+    check_writable_dir(args.output_dir)  # before the computation: an unwritable place fails at once
     if args.summary_json is not None:
-        check_output_dir(args.summary_json.parent)
+        check_writable_dir(args.summary_json.parent)
     all_maps = [position_embedding_maps(load_model(model), label) for model, label in zip(models, labels, strict=True)]
     for maps in all_maps:
         print(format_summary(maps, include_raw=args.raw), end="\n\n")

@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 
-from .atomic_files import atomic_write, check_output_dir
+from .atomic_files import atomic_write
 from .models.lape_vit.configuration_lape_vit import LapeViTConfig
 from .predict import MODEL_LOADING_ERRORS
 
@@ -453,7 +453,6 @@ __all__ = [
     "PositionEmbeddingMaps",
     "centre_patch",
     "check_can_draw",
-    "check_output_dir",
     "figure_size_inches",
     "format_summary",
     "layer_position_embeddings",

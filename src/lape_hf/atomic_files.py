@@ -1,4 +1,4 @@
-"""Writing output files: checked writable before the work (`check_output_dir`), and written all at once
+"""Writing output files: checked writable before the work (`check_writable_dir`), and written all at once
 (`atomic_write`: a temporary file beside the target, moved into place when complete).
 
 An interrupted or failed write (Ctrl-C, a full disk, an exception while formatting) leaves the previous file, or
@@ -33,7 +33,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
     os.replace(f.name, path)
 
 
-def check_output_dir(directory: str | Path) -> Path:
+def check_writable_dir(directory: str | Path) -> Path:
     """Fail, naming it, when `directory` cannot be created or written to; leaves nothing behind (the folders it
     creates to try are removed again). Called before any computation, so that a bad place fails at once."""
     directory = Path(directory)

@@ -26,7 +26,7 @@ from transformers import (
     pipeline,
 )
 
-from .atomic_files import atomic_write, check_output_dir
+from .atomic_files import atomic_write, check_writable_dir
 from .cli import one_line
 from .images import UNREADABLE_IMAGE_ERRORS, decode_image
 
@@ -184,7 +184,7 @@ OUTPUT_FORMATS = {".json": write_json, ".csv": write_csv}
 
 def check_writable(path: Path) -> None:
     """Fail before any work when `path`'s folder cannot be created or written to (a `PermissionError` naming it)."""
-    check_output_dir(path.parent)
+    check_writable_dir(path.parent)
 
 
 def write_results(results: Sequence[ImageResult], path: Path) -> None:
