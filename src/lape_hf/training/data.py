@@ -168,7 +168,7 @@ def _pick_column(dataset: Dataset, requested: str | None, candidates: Sequence[s
 def open_images(split: Dataset, image_column: str = "image") -> list[PIL.Image.Image | None]:
     """The split's images decoded by the one rule (`lape_hf.images.decode_image`), `None` where an image does not
     decode (reported in a warning by path)."""
-    split = _undecoded(split, image_column)
+    split = undecoded(split, image_column)
     images: list[PIL.Image.Image | None] = []
     for row, value in enumerate(split[image_column]):
         try:
@@ -179,11 +179,18 @@ def open_images(split: Dataset, image_column: str = "image") -> list[PIL.Image.I
     return images
 
 
-def _undecoded(split: Dataset, image_column: str) -> Dataset:
+def undecoded(split: Dataset, image_column: str) -> Dataset:
     """The split with its image cells as stored (`{"bytes", "path"}`): decoding is ours, one image at a time."""
     if isinstance(split.features[image_column], Image):
         return split.cast_column(image_column, Image(decode=False))
     return split
+
+
+def processor_pixels(images: list[PIL.Image.Image], image_processor: BaseImageProcessor) -> torch.Tensor:
+    """The processor's own geometry (resize, and centre crop if it has one) without rescale/normalize, as uint8: what
+    it would normalize at inference (the prepared path stores the same)."""
+    pixels = image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+    return pixels if pixels.dtype == torch.uint8 else pixels.round().clamp(0, 255).to(torch.uint8)
 
 
 def _describe(value: object, row: int) -> str:
@@ -209,11 +216,8 @@ def _decode_and_resize(
         except UNREADABLE_IMAGE_ERRORS as error:
             images.append(PIL.Image.new("RGB", (width, height)))
             errors.append(f"{_describe(value, row)}: {type(error).__name__}: {error}")
-    # The processor's own resize, without rescale/normalize: the uint8 result is exactly what it would normalize at
-    # inference, for the RGB image that pipeline() makes of a file.
-    pixels = image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
-    if pixels.dtype != torch.uint8:
-        pixels = pixels.round().clamp(0, 255).to(torch.uint8)
+    # For the RGB image that pipeline() makes of a file, exactly what the processor would normalize at inference.
+    pixels = processor_pixels(images, image_processor)
     return {"pixel_values": pixels.numpy(), "labels": batch[label_column], "decode_error": errors}
 
 
@@ -234,7 +238,7 @@ def prepare_split(
     """
     height, width = output_size(image_processor)
     check_labels(dataset[label_column], label_feature, split_name)
-    dataset = _undecoded(dataset, image_column)
+    dataset = undecoded(dataset, image_column)
     features = Features(
         {
             "pixel_values": Array3D(shape=(3, height, width), dtype="uint8"),

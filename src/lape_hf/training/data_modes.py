@@ -21,11 +21,12 @@ from collections.abc import Callable
 import numpy as np
 import PIL.Image
 import torch
-from datasets import Dataset, Image
+from datasets import Dataset
 from transformers import BaseImageProcessor
 
 from ..images import UNREADABLE_IMAGE_ERRORS, decode_image
 from ..models.lape_vit.image_processing_lape_vit import output_size
+from .data import processor_pixels, undecoded
 from .transforms import batch_seed, transform_seeded
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,7 @@ def encoded_bytes(split: Dataset, image_column: str, sample: int = ENCODED_SIZE_
     of the file a row points to), without decoding any image."""
     if len(split) == 0:
         return 0
-    if isinstance(split.features[image_column], Image):
-        split = split.cast_column(image_column, Image(decode=False))
+    split = undecoded(split, image_column)
     rows = np.linspace(0, len(split) - 1, num=min(sample, len(split))).round().astype(int).tolist()
     sizes = []
     for cell in split.select(rows)[image_column]:
@@ -147,13 +147,6 @@ def decode_batch(cells: list, where: list[str], errors: DecodeErrors) -> tuple[l
     return images, kept
 
 
-def processor_pixels(images: list[PIL.Image.Image], image_processor: BaseImageProcessor) -> torch.Tensor:
-    """The processor's own geometry (resize, and centre crop if it has one) without rescale/normalize, as uint8: what
-    it would normalize at inference (the prepared path stores the same)."""
-    pixels = image_processor(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
-    return pixels if pixels.dtype == torch.uint8 else pixels.round().clamp(0, 255).to(torch.uint8)
-
-
 class OnTheFlyDataset(torch.utils.data.Dataset):
     """An encoded split (columns "image", "label") decoded batch by batch in the dataloader workers.
 
@@ -170,9 +163,7 @@ class OnTheFlyDataset(torch.utils.data.Dataset):
         transform: Callable[[PIL.Image.Image], torch.Tensor] | None = None,
         seed: int | None = None,
     ):
-        if isinstance(split.features["image"], Image):
-            split = split.cast_column("image", Image(decode=False))
-        self.split = split
+        self.split = undecoded(split, "image")
         self.image_processor = image_processor
         self.errors = errors
         self.transform = transform

@@ -37,8 +37,9 @@ from .data import (
     LABEL_COLUMN_CANDIDATES,
     ImageClassificationSplits,
     load_raw_splits,
+    processor_pixels,
 )
-from .data_modes import DecodeErrors, decode_batch, processor_pixels
+from .data_modes import DecodeErrors, decode_batch
 from .fashion_mnist import FASHION_MNIST_DATASET_NAME
 from .transforms import batch_seed, build_train_transform, transform_seeded
 
