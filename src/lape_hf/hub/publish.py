@@ -27,6 +27,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import filter_repo_objects, validate_repo_id
 from transformers import AutoConfig, AutoImageProcessor
 
+from ..export import GRAPH_FILE_NAMES
 from ..models.lape_vit.configuration_lape_vit import LapeViTConfig
 from ..models.lape_vit.modeling_lape_vit import LapeViTForImageClassification, LapeViTForImageClassificationWithTeacher
 from ..predict import MODEL_LOADING_ERRORS
@@ -48,7 +49,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # What is never uploaded, as `huggingface_hub` ignore patterns (fnmatch on the POSIX path; a trailing "/" means a
 # folder's contents), with the reason the dry run gives.
 # An ONNX export written into the model directory (scripts/export.py --output_dir MODEL_DIR/onnx) goes up with it.
-ONNX_FILE = "onnx/model.onnx"
+ONNX_FILE = f"onnx/{GRAPH_FILE_NAMES['onnx']}"
 IGNORE_PATTERNS: dict[str, tuple[str, ...]] = {
     "hidden or cache file": (".*", "*/.*", "__pycache__/", "*/__pycache__/*"),
     "intermediate Trainer checkpoint": ("checkpoint-*/",),
