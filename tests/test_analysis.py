@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import randomize_, reference_sinusoidal_2d, tiny_config
 from matplotlib.image import AxesImage
+from matplotlib.text import Text
 from PIL import Image
 from script_loader import load_script
 from transformers import ViTConfig
@@ -305,3 +306,18 @@ def test_command_loads_a_hub_id_from_the_cache_offline(tmp_path, monkeypatch):
     argv = ["lape-org/tiny-lape", "--kind", "matrix", "--output-dir", str(output), "--dpi", "30"]
     assert visualize_pe.main(argv) == 0
     assert (output / "pe_similarity_matrix.png").is_file()
+
+
+@pytest.mark.parametrize("num_hidden_layers", [1, 2])
+def test_every_title_of_a_shallow_models_figure_lies_inside_it(num_hidden_layers):
+    # The panels alone would make the figure narrower than its titles (the model names and the patch).
+    model = _model(pe_join="lape", num_hidden_layers=num_hidden_layers)
+    figure = plot_patch_maps([position_embedding_maps(model, "a model with a long name, lape join")])
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    width = figure.get_size_inches()[0] * figure.dpi
+    texts = [text for text in figure.findobj(Text) if text.get_text()]
+    assert any("long name" in text.get_text() for text in texts)
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert 0 <= extent.x0 and extent.x1 <= width, text.get_text()

@@ -42,6 +42,9 @@ PANEL_INCHES = 1.6
 ROW_TITLE_INCHES = 0.45
 FIGURE_TITLE_INCHES = 0.5
 COLOUR_BAR_INCHES = 1.0
+# Sized by its panels alone, the figure of a model with one to three layers is too narrow for its titles (the model
+# names, the reference patch), which matplotlib then cuts at the edges.
+MIN_FIGURE_WIDTH_INCHES = 7.5
 FIGURE_FORMATS = ("png", "pdf")
 
 
@@ -356,7 +359,7 @@ def _rows(
 
 def figure_size_inches(num_rows: int, num_columns: int) -> tuple[float, float]:
     """The size of a figure with this many panel rows and columns (the PNG is this times the dpi)."""
-    width = num_columns * PANEL_INCHES + COLOUR_BAR_INCHES
+    width = max(num_columns * PANEL_INCHES + COLOUR_BAR_INCHES, MIN_FIGURE_WIDTH_INCHES)
     height = num_rows * (PANEL_INCHES + ROW_TITLE_INCHES) + FIGURE_TITLE_INCHES
     return width, height
 

@@ -57,9 +57,6 @@ MAX_UPLOAD_SIZE = "25mb"
 DEFAULT_TOP_K = 5
 # The clickable patch grid is drawn this many pixels on its longer side (each patch a square of whole pixels).
 PATCH_GRID_PIXELS = 280
-# The analysis sizes its figure by the number of panels; with one or a few layers the titles (model names, the
-# patch) would be cut off, so the page's figure is at least this wide (inches).
-MIN_FIGURE_WIDTH_INCHES = 7.5
 # Seconds the one request that asks the Hub whether a model id exists may take.
 HUB_PROBE_TIMEOUT = 10
 
@@ -333,8 +330,6 @@ def pe_figure(models: Sequence[DemoModel], patch: tuple[int, int], layer: int | 
             raise DemoInputError(f"layer={layer} is outside 1..{num_layers(models)}.")
         maps = [_one_layer(entry, layer) for entry in maps]
     figure = plot_patch_maps(maps, patch=patch)
-    width, height = figure.get_size_inches()
-    figure.set_size_inches(max(width, MIN_FIGURE_WIDTH_INCHES), height)
     if layer is not None:  # the one panel per row was drawn as the first layer of a one-layer model
         for axes in figure.axes:
             if axes.get_title() == "layer 1":
