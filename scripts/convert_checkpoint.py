@@ -12,8 +12,8 @@
 
 What the weights cannot tell (the number of heads, LayerNorm eps) comes from a matching preset, --preset, or
 --num_attention_heads / --config_overrides with train.py's syntax (e.g. layer_norm_eps=1e-5,qkv_bias=true; the flag
-may be repeated, and --set is its short form). The output
-directory must not exist; nothing is written if anything fails.
+may be repeated, and --set is its short form). The output directory must not exist; nothing is written if anything
+fails.
 """
 
 from __future__ import annotations
