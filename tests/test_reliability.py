@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -22,7 +23,11 @@ from hub_helpers import save_tiny_checkpoint
 from script_loader import load_script
 from transformers import TrainerControl
 
+from lape_hf import LapeViTForImageClassification
 from lape_hf.analysis import save_figure
+from lape_hf.atomic_files import atomic_write
+from lape_hf.conversion.checkpoint_files import save_converted_model
+from lape_hf.export import export_model
 from lape_hf.training.output_dir import check_output_dir, save_model_atomically
 from lape_hf.training.trainer import StopOnInterrupt
 
@@ -111,6 +116,57 @@ def test_overwrite_output_dir_replaces_the_finished_model(model_dir, tmp_path, c
     assert run_main("train", argv, capsys)[0] == 0
     assert (output / "model.safetensors").read_bytes() != old_weights
     assert not list(tmp_path.glob(".done.saving*")), "the staging directory is removed"
+
+
+@pytest.fixture
+def umask_022():
+    """The common umask: a new file is rw-r--r--, a new directory rwxr-xr-x."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def modes(directory: Path) -> dict[str, str]:
+    """Every path below `directory` (itself as ".") with its permission bits in octal."""
+    return {
+        str(path.relative_to(directory)): oct(stat.S_IMODE(path.stat().st_mode))
+        for path in [directory, *directory.rglob("*")]
+    }
+
+
+def readable_like_new_files(directory: Path) -> dict[str, str]:
+    return {name: oct(0o755 if (directory / name).is_dir() else 0o644) for name in modes(directory)}
+
+
+def test_a_trained_model_is_readable_by_others_like_any_new_file(umask_022, tmp_path, capsys):
+    # safetensors writes the weights through an owner-only temporary file; results.json goes through atomic_write.
+    output = tmp_path / "model"
+    assert run_main("train", [*TINY_RUN, "--max_steps=1", f"--output_dir={output}"], capsys)[0] == 0
+    assert {"model.safetensors", "results.json", "predictions.json"} <= set(modes(output))
+    assert modes(output) == readable_like_new_files(output)
+
+
+def test_a_converted_model_and_an_export_are_readable_by_others(umask_022, model_dir, tmp_path):
+    converted = save_converted_model(LapeViTForImageClassification.from_pretrained(model_dir), tmp_path / "converted")
+    assert modes(converted) == readable_like_new_files(converted)
+    exported = export_model(str(model_dir), tmp_path / "exported", export_format="torch_export")
+    assert modes(exported) == readable_like_new_files(exported)
+
+
+def test_atomic_write_gives_a_new_file_the_umask_mode_and_keeps_a_replaced_files_mode(umask_022, tmp_path):
+    with atomic_write(tmp_path / "new.json") as file:
+        file.write("{}")
+    private = tmp_path / "private.json"
+    private.write_text("old")
+    private.chmod(0o640)
+    with atomic_write(private) as file:
+        file.write("new")
+    assert modes(tmp_path) == {
+        ".": oct(stat.S_IMODE(tmp_path.stat().st_mode)),
+        "new.json": "0o644",
+        "private.json": "0o640",
+    }
+    assert private.read_text() == "new"
 
 
 def test_the_demo_replaces_only_its_own_output_and_says_so(model_dir, tmp_path, caplog):

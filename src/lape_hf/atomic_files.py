@@ -2,13 +2,16 @@
 (`atomic_write`: a temporary file beside the target, moved into place when complete).
 
 An interrupted or failed write (Ctrl-C, a full disk, an exception while formatting) leaves the previous file, or
-none, never a half-written one; `os.replace` is atomic on one filesystem.
+none, never a half-written one; `os.replace` is atomic on one filesystem. What is moved into place gets the
+permissions a plain `open()` or `mkdir` would have given it (`give_default_permissions`), not the owner-only ones of
+a temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +33,34 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             f.close()
             os.unlink(f.name)
             raise
+    os.chmod(f.name, stat.S_IMODE(path.stat().st_mode) if path.exists() else default_mode(directory=False))
     os.replace(f.name, path)
+
+
+def default_mode(directory: bool) -> int:
+    """The permission bits `open()` (0o666) or `mkdir` (0o777) gives a new file or directory under the umask."""
+    umask = os.umask(0o022)  # the umask can only be read by setting it; restored at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def give_default_permissions(path: str | os.PathLike) -> None:
+    """Give a staged file, or a staged directory and everything below it, the permissions of a new file or directory.
+
+    `tempfile` creates owner-only files (0o600) and directories (0o700), and safetensors (0.8 and later) writes each
+    weights file through such a temporary file, so a model saved or staged that way would be unreadable to anyone
+    else (a serving process under another user, a shared folder) unlike the config beside it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        os.chmod(path, default_mode(directory=False))
+        return
+    os.chmod(path, default_mode(directory=True))
+    for folder, subfolders, files in os.walk(path):
+        for name in subfolders:
+            os.chmod(os.path.join(folder, name), default_mode(directory=True))
+        for name in files:
+            os.chmod(os.path.join(folder, name), default_mode(directory=False))
 
 
 def check_writable_dir(directory: str | Path) -> Path:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoImageProcessor, AutoModelForImageClassification, BaseImageProcessor
 
+from .atomic_files import give_default_permissions
 from .models.lape_vit.configuration_lape_vit import LapeViTConfig
 from .models.lape_vit.image_processing_lape_vit import build_image_processor
 from .models.lape_vit.modeling_lape_vit import LapeViTPreTrainedModel
@@ -149,6 +150,7 @@ def export_model(
         write_graph(model, export_format, staging)
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
+        give_default_permissions(staging)
         # The old export is moved aside, not deleted, until the new one is in place.
         previous = output.with_name(staging.name + ".previous") if output.exists() else None
         if previous is not None:

@@ -26,6 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 from transformers.utils import logging
 
+from ..atomic_files import give_default_permissions
 from ..models.lape_vit.configuration_lape_vit import LAPE_JOINS, PE_JOINS, POSITION_EMBEDDING_TYPES
 from ..models.lape_vit.image_processing_lape_vit import build_image_processor
 from ..models.lape_vit.modeling_lape_vit import LapeViTPreTrainedModel
@@ -155,6 +156,7 @@ def save_converted_model(
         model.save_pretrained(staging)
         image_processor.save_pretrained(staging)
         _check_same_logits(model, staging)
+        give_default_permissions(staging)
         output.parent.mkdir(parents=True, exist_ok=True)
         _refuse_existing(output)
         os.rename(staging, output)  # atomic on one filesystem: the output appears complete or not at all

@@ -20,6 +20,8 @@ from pathlib import Path
 from transformers import Trainer
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 
+from ..atomic_files import give_default_permissions
+
 logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
@@ -76,6 +78,7 @@ def save_model_atomically(trainer: Trainer, output_dir: str) -> None:
         trainer.save_model(staging)
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
+            give_default_permissions(staging)
             os.makedirs(output_dir, exist_ok=True)
             names = sorted(os.listdir(staging), key=lambda name: name == CONFIG_NAME)
             for stale in set(WEIGHT_FILES) - set(names):  # a replaced model's weights in another layout
