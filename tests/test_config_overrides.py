@@ -31,6 +31,16 @@ def test_a_list_or_a_dict_is_one_value_whatever_commas_it_holds():
     }
 
 
+def test_quoted_strings_hold_any_character_and_null_clears_an_optional_field():
+    assert parse_config_overrides('id2label={"0":"a)","1":"b,c"},hidden_act="gelu",problem_type=null') == {
+        "id2label": {"0": "a)", "1": "b,c"},
+        "hidden_act": "gelu",
+        "problem_type": None,
+    }
+    # A stray closing bracket does not hide the commas after it.
+    assert parse_config_overrides("hidden_act=a),qkv_bias=true") == {"hidden_act": "a)", "qkv_bias": True}
+
+
 def test_a_repeated_flag_reads_as_one_comma_separated_list():
     assert parse_config_overrides(["qkv_bias=true", "layer_norm_eps=1e-5,hidden_size=8"]) == {
         "qkv_bias": True,
@@ -38,6 +48,9 @@ def test_a_repeated_flag_reads_as_one_comma_separated_list():
         "hidden_size": 8,
     }
     assert parse_config_overrides([]) == parse_config_overrides(None) == parse_config_overrides("") == {}
+    # Each flag is read on its own: an unbalanced bracket in one does not swallow the next.
+    with pytest.raises(ValueError, match=r"image_size='\[16' is not a list"):
+        parse_config_overrides(["image_size=[16", "qkv_bias=true"])
 
 
 @pytest.mark.parametrize(
@@ -51,6 +64,8 @@ def test_a_repeated_flag_reads_as_one_comma_separated_list():
         ("id2label=cat", "id2label='cat' is not a dict such as"),
         ("id2label=[1]", "id2label='\\[1\\]' is not a dict such as"),
         ("problem_type=ranking", "problem_type='ranking' is not of the field's type"),
+        ("qkv_bias=null", "qkv_bias='null' must be true or false"),
+        ("model_type=vit", "'model_type' is not a LapeViTConfig field"),
     ],
 )
 def test_a_bad_item_names_itself_and_what_is_allowed(text: str, message: str):
@@ -62,6 +77,11 @@ def test_train_builds_its_config_from_the_overrides():
     model_args = ModelArguments(preset="vit-lite-7/4", config_overrides="image_size=16,patch_size=4,qkv_bias=false")
     config = build_config(model_args, ["a", "b"])
     assert (config.image_size, config.patch_size, config.qkv_bias, config.num_labels) == (16, 4, False, 2)
+
+
+def test_train_refuses_to_name_the_classes_the_data_names():
+    with pytest.raises(ValueError, match="cannot set id2label: the label set comes from the data's classes"):
+        ModelArguments(config_overrides='id2label={"0":"cat"}')
 
 
 def test_convert_checkpoint_reads_the_same_syntax():

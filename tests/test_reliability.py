@@ -118,53 +118,58 @@ def test_overwrite_output_dir_replaces_the_finished_model(model_dir, tmp_path, c
     assert not list(tmp_path.glob(".done.saving*")), "the staging directory is removed"
 
 
-@pytest.fixture
-def umask_022():
-    """The common umask: a new file is rw-r--r--, a new directory rwxr-xr-x."""
-    previous = os.umask(0o022)
-    yield
+@pytest.fixture(params=[0o022, 0o027], ids=["umask 022", "umask 027"])
+def umask(request):
+    """The process umask for the test: 022 (others may read), 027 (only the group may read)."""
+    previous = os.umask(request.param)
+    yield request.param
     os.umask(previous)
 
 
 def modes(directory: Path) -> dict[str, str]:
     """Every path below `directory` (itself as ".") with its permission bits in octal."""
-    return {
-        str(path.relative_to(directory)): oct(stat.S_IMODE(path.stat().st_mode))
-        for path in [directory, *directory.rglob("*")]
-    }
+    paths = [directory, *directory.rglob("*")]
+    return {str(path.relative_to(directory)): oct(stat.S_IMODE(path.stat().st_mode)) for path in paths}
 
 
-def readable_like_new_files(directory: Path) -> dict[str, str]:
-    return {name: oct(0o755 if (directory / name).is_dir() else 0o644) for name in modes(directory)}
+def as_new_files(directory: Path, umask: int) -> dict[str, str]:
+    """What `open()` and `mkdir` would have given each path under `umask`."""
+    return {name: oct((0o777 if (directory / name).is_dir() else 0o666) & ~umask) for name in modes(directory)}
 
 
-def test_a_trained_model_is_readable_by_others_like_any_new_file(umask_022, tmp_path, capsys):
+def test_a_trained_model_has_the_permissions_of_new_files(umask, tmp_path, capsys):
     # safetensors writes the weights through an owner-only temporary file; results.json goes through atomic_write.
     output = tmp_path / "model"
     assert run_main("train", [*TINY_RUN, "--max_steps=1", f"--output_dir={output}"], capsys)[0] == 0
     assert {"model.safetensors", "results.json", "predictions.json"} <= set(modes(output))
-    assert modes(output) == readable_like_new_files(output)
+    assert modes(output) == as_new_files(output, umask)
 
 
-def test_a_converted_model_and_an_export_are_readable_by_others(umask_022, model_dir, tmp_path):
+def test_a_converted_model_and_an_export_have_the_permissions_of_new_files(umask, model_dir, tmp_path):
     converted = save_converted_model(LapeViTForImageClassification.from_pretrained(model_dir), tmp_path / "converted")
-    assert modes(converted) == readable_like_new_files(converted)
+    assert modes(converted) == as_new_files(converted, umask)
     exported = export_model(str(model_dir), tmp_path / "exported", export_format="torch_export")
-    assert modes(exported) == readable_like_new_files(exported)
+    assert modes(exported) == as_new_files(exported, umask)
 
 
-def test_atomic_write_gives_a_new_file_the_umask_mode_and_keeps_a_replaced_files_mode(umask_022, tmp_path):
+def test_a_replacing_export_keeps_the_replaced_directorys_own_mode(umask, model_dir, tmp_path):
+    exported = export_model(str(model_dir), tmp_path / "exported", export_format="torch_export")
+    exported.chmod(0o2750)  # e.g. a group-shared folder
+    export_model(str(model_dir), exported, export_format="torch_export", overwrite=True)
+    assert modes(exported) == {**as_new_files(exported, umask), ".": oct(0o2750)}
+
+
+def test_atomic_write_gives_a_new_file_the_umask_mode_and_keeps_a_replaced_files_mode(umask, tmp_path):
     with atomic_write(tmp_path / "new.json") as file:
         file.write("{}")
     private = tmp_path / "private.json"
     private.write_text("old")
-    private.chmod(0o640)
+    private.chmod(0o600)
     with atomic_write(private) as file:
         file.write("new")
-    assert modes(tmp_path) == {
-        ".": oct(stat.S_IMODE(tmp_path.stat().st_mode)),
-        "new.json": "0o644",
-        "private.json": "0o640",
+    assert {name: mode for name, mode in modes(tmp_path).items() if name != "."} == {
+        "new.json": oct(0o666 & ~umask),
+        "private.json": "0o600",
     }
     assert private.read_text() == "new"
 

@@ -3,8 +3,8 @@
 
 An interrupted or failed write (Ctrl-C, a full disk, an exception while formatting) leaves the previous file, or
 none, never a half-written one; `os.replace` is atomic on one filesystem. What is moved into place gets the
-permissions a plain `open()` or `mkdir` would have given it (`give_default_permissions`), not the owner-only ones of
-a temporary file.
+permissions a plain `open()` or `mkdir` would have given it (`give_default_permissions`), or those of the file or
+directory it replaces, not the owner-only ones of a temporary file.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import IO, Any
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
-    """Open a temporary file in `path`'s folder (created if needed) for writing; on a clean exit it replaces `path`,
-    otherwise it is removed. `mode` is "w" (text; `encoding`/`newline` may be given) or "wb"."""
+    """Open a temporary file in `path`'s folder (created if needed) for writing; on a clean exit it replaces `path`
+    (keeping a replaced file's permissions), otherwise it is removed. `mode` is "w" (text; `encoding`/`newline` may
+    be given) or "wb"."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if mode == "w":
@@ -33,34 +34,47 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             f.close()
             os.unlink(f.name)
             raise
-    os.chmod(f.name, stat.S_IMODE(path.stat().st_mode) if path.exists() else default_mode(directory=False))
-    os.replace(f.name, path)
+    try:
+        try:
+            permissions = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            permissions = 0o666 & ~current_umask()
+        os.chmod(f.name, permissions)
+        os.replace(f.name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f.name)
+        raise
 
 
-def default_mode(directory: bool) -> int:
-    """The permission bits `open()` (0o666) or `mkdir` (0o777) gives a new file or directory under the umask."""
-    umask = os.umask(0o022)  # the umask can only be read by setting it; restored at once
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status); elsewhere it can only be
+    read by setting it, which for an instant applies to every thread."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o077)  # the strictest value, while it is briefly set
     os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return umask
 
 
-def give_default_permissions(path: str | os.PathLike) -> None:
-    """Give a staged file, or a staged directory and everything below it, the permissions of a new file or directory.
+def give_default_permissions(path: str | os.PathLike, mode: int | None = None) -> None:
+    """Give a staged directory and everything below it (symbolic links left alone) the permissions of a new file or
+    directory under the umask; `mode`, when given, is the top directory's own (that of the directory it replaces).
 
     `tempfile` creates owner-only files (0o600) and directories (0o700), and safetensors (0.8 and later) writes each
     weights file through such a temporary file, so a model saved or staged that way would be unreadable to anyone
     else (a serving process under another user, a shared folder) unlike the config beside it.
     """
-    path = Path(path)
-    if not path.is_dir():
-        os.chmod(path, default_mode(directory=False))
-        return
-    os.chmod(path, default_mode(directory=True))
+    umask = current_umask()
+    file_mode, directory_mode = 0o666 & ~umask, 0o777 & ~umask
+    os.chmod(path, directory_mode if mode is None else mode)
     for folder, subfolders, files in os.walk(path):
-        for name in subfolders:
-            os.chmod(os.path.join(folder, name), default_mode(directory=True))
-        for name in files:
-            os.chmod(os.path.join(folder, name), default_mode(directory=False))
+        for name, permissions in [*((s, directory_mode) for s in subfolders), *((f, file_mode) for f in files)]:
+            entry = os.path.join(folder, name)
+            if not os.path.islink(entry):
+                os.chmod(entry, permissions)
 
 
 def check_writable_dir(directory: str | Path) -> Path:

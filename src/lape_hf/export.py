@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def export_model(
         write_graph(model, export_format, staging)
         model.config.save_pretrained(staging)
         processor.save_pretrained(staging)
-        give_default_permissions(staging)
+        give_default_permissions(staging, mode=stat.S_IMODE(output.stat().st_mode) if output.exists() else None)
         # The old export is moved aside, not deleted, until the new one is in place.
         previous = output.with_name(staging.name + ".previous") if output.exists() else None
         if previous is not None:

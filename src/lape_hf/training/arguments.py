@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from ..config_overrides import CONFIG_OVERRIDES_HELP
+from ..config_overrides import CONFIG_OVERRIDES_HELP, parse_config_overrides
 from ..models.lape_vit.configuration_lape_vit import PRESETS, check_preset_name
 from ..models.lape_vit.image_processing_lape_vit import DEIT_CROP_PCT, EVAL_GEOMETRIES
 from .data import DIGITS_DATASET_NAME
@@ -121,6 +121,12 @@ class ModelArguments(LoraArguments):
                 raise ValueError(f"--{name} takes 3 finite numbers (one per RGB channel), got {values}.")
             if name == "image_std" and min(values) <= 0:
                 raise ValueError(f"--image_std values must be > 0 (they divide the pixels), got {values}.")
+        label_fields = sorted(set(parse_config_overrides(self.config_overrides)) & {"id2label", "label2id"})
+        if label_fields:
+            raise ValueError(
+                f"--config_overrides cannot set {', '.join(label_fields)}: the label set comes from the data's classes "
+                "(name them with the class folders or the dataset's label column)."
+            )
 
 
 @dataclass
