@@ -23,7 +23,7 @@ from .models.lape_vit.configuration_lape_vit import LapeViTConfig
 
 CONFIG_OVERRIDES_HELP = (
     "LapeViTConfig fields as name=value, comma-separated, e.g. 'image_size=16,hidden_size=128,qkv_bias=false' "
-    "(a list as [16,32], a dict as JSON)."
+    "(a list as [16,32], null for an optional field)."
 )
 
 _OPENING, _CLOSING = "[({", "])}"
